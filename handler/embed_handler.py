@@ -1,0 +1,60 @@
+"""TorchServe entry point: adapts TorchServe's lifecycle onto imgsim.pipeline.
+
+Everything model-, image- and response-specific lives in the ``imgsim`` package;
+this file only reads TorchServe's context and hands replies back with their status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from imgsim.pipeline import Batch, Pipeline, PipelineConfig, Reply, select_device
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        yaml_config = context.model_yaml_config or {}
+        config = PipelineConfig.from_mapping(yaml_config.get("handler", {}) or {})
+        threads = config.torch_threads or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        device = select_device(properties.get("gpu_id"))
+        self.pipeline = Pipeline.from_archive(properties["model_dir"], device, config)
+        identity = self.pipeline.identity
+        logger.info(
+            "imgsim ready: %s weights %s on %s, %d torch threads, batch size %s",
+            identity["architecture"], identity["weights_sha256"][:12], device, threads,
+            properties.get("batch_size"),
+        )  # fmt: skip
+        self.context = context
+        self.initialized = True
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        # BaseHandler.handle also honours client headers "explain"/"describe" and a
+        # profiler switch; none applies here, so a request header cannot reroute it.
+        self.context = context
+        start = time.time()
+        output = self.postprocess(self.inference(self.preprocess(data)))
+        context.metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
+        return output
+
+    def preprocess(self, data: list[dict]) -> Batch:
+        return self.pipeline.prepare(data)
+
+    def inference(self, data: Batch, *args, **kwargs) -> Batch:
+        return self.pipeline.infer(data)
+
+    def postprocess(self, data: Batch) -> list[str]:
+        replies: list[Reply] = self.pipeline.respond(data)
+        for idx, reply in enumerate(replies):
+            self.context.set_response_status(reply.status, "", idx)
+            self.context.set_response_content_type(idx, "application/json")
+        logger.info("batch of %d requests, %d images", len(replies), 0 if data.pixels is None else len(data.pixels))
+        return [reply.body for reply in replies]

