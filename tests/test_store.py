@@ -1,0 +1,335 @@
+"""The store of seen images, on SQLite and on a real PostgreSQL + pgvector server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import psycopg
+import pytest
+from scipy.spatial.distance import cdist
+
+from client.store import SCHEMA_VERSION, StoredImage, StoreError, model_key, open_store
+
+REPO = Path(__file__).resolve().parents[1]
+DIM = 16
+RESNET = {"architecture": "resnet18", "weights_sha256": "5c" * 32, "embedding_dim": DIM, "handler_version": "1.0.0"}
+LITE = {
+    "architecture": "efficientnet_lite0",
+    "weights_sha256": "57" * 32,
+    "embedding_dim": DIM,
+    "handler_version": "1.0.0",
+}
+
+
+def sha(n: int | str) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def images(vectors: np.ndarray, start: int = 0) -> list[StoredImage]:
+    return [
+        StoredImage(
+            sha256=sha(start + i),
+            embedding=v.astype(np.float32),
+            predictions=[{"index": i % 1000, "label": f"class {i}", "probability": 0.5}],
+        )
+        for i, v in enumerate(vectors)
+    ]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty store location: a SQLite file path, or a fresh database on the test server."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "store" / "embeddings.sqlite")
+        return
+    server = request.getfixturevalue("pg_url")
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield urlsplit(server)._replace(path=f"/{name}").geturl()
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_put_then_get_returns_exact_floats_and_predictions(location: str) -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((5, DIM)).astype(np.float32) * np.float32(1e-3)
+    vectors[0, 0] = np.float32(np.pi)  # a value with every mantissa bit in use
+    stored = images(vectors)
+    with open_store(location) as store:
+        store.put_many(model_key(RESNET), RESNET, stored)
+        got = store.get_many(model_key(RESNET), [item["sha256"] for item in stored])
+    assert set(got) == {item["sha256"] for item in stored}
+    for item in stored:
+        back = got[item["sha256"]]
+        assert back["embedding"].dtype == np.float32
+        assert back["embedding"].tobytes() == item["embedding"].tobytes()
+        assert back["predictions"] == item["predictions"]
+
+
+def test_missing_shas_are_absent_from_get_many(location: str) -> None:
+    with open_store(location) as store:
+        store.put_many(model_key(RESNET), RESNET, images(np.ones((2, DIM))))
+        got = store.get_many(model_key(RESNET), [sha(0), sha("never stored"), sha(1)])
+        assert set(got) == {sha(0), sha(1)}
+        assert store.get_many("no/such/model", [sha(0)]) == {}
+
+
+def test_putting_the_same_images_again_keeps_one_row_each(location: str) -> None:
+    model = model_key(RESNET)
+    first = images(np.ones((3, DIM)))
+    again = images(np.full((3, DIM), 2.0))
+    with open_store(location) as store:
+        store.put_many(model, RESNET, first)
+        store.put_many(model, RESNET, first)
+        store.put_many(model, RESNET, again + again[:1])  # a sha twice in one batch: last one wins
+        assert store.count(model) == 3
+        assert np.all(store.get_many(model, [sha(0)])[sha(0)]["embedding"] == 2.0)
+
+
+def test_same_bytes_under_two_paths_are_stored_once_with_both_paths(location: str) -> None:
+    model = model_key(RESNET)
+    (item,) = images(np.ones((1, DIM)))
+    with open_store(location) as store:
+        store.put_many(model, RESNET, [item], paths={item["sha256"]: "holiday/cat.jpg"})
+        store.remember_paths(model, {item["sha256"]: ["backup/cat.jpg", "holiday/cat.jpg"]})
+        assert store.count(model) == 1
+        assert sorted(store.paths(model)[item["sha256"]]) == ["backup/cat.jpg", "holiday/cat.jpg"]
+        assert store.paths(model, [item["sha256"], sha("unknown")]) == store.paths(model)
+
+
+def test_second_model_never_reuses_first_models_vectors(location: str) -> None:
+    resnet, lite = model_key(RESNET), model_key(LITE)
+    with open_store(location) as store:
+        store.put_many(resnet, RESNET, images(np.ones((4, DIM))))
+        assert store.get_many(lite, [sha(0)]) == {}
+        assert store.search(lite, np.ones(DIM, np.float32), k=3) == []
+        store.put_many(lite, LITE, images(np.full((1, DIM), 7.0)))
+        assert np.all(store.get_many(resnet, [sha(0)])[sha(0)]["embedding"] == 1.0)
+        assert np.all(store.get_many(lite, [sha(0)])[sha(0)]["embedding"] == 7.0)
+        assert [(m["model"], m["count"]) for m in store.models()] == sorted([(resnet, 4), (lite, 1)])
+        assert {m["weights_sha256"] for m in store.models()} == {RESNET["weights_sha256"], LITE["weights_sha256"]}
+
+
+def test_endpoint_remembers_the_model_it_served_so_a_rerun_need_not_ask(location: str) -> None:
+    url = "http://127.0.0.1:8080"
+    with open_store(location) as store:
+        assert store.endpoint(url, "embed") is None
+        store.remember_endpoint(url, "embed", RESNET)
+    with open_store(location) as store:
+        assert store.endpoint(url, "embed") == RESNET
+        assert store.endpoint(url, "other") is None
+        store.remember_endpoint(url, "embed", LITE)  # the server was redeployed with another model
+        assert store.endpoint(url, "embed") == LITE
+        assert store.count(model_key(RESNET)) == 0
+
+
+def test_model_key_is_readable_and_tells_weights_apart() -> None:
+    assert model_key(RESNET) == "resnet18/5c5c5c5c5c5c/1.0.0"
+    assert model_key(RESNET) != model_key({**RESNET, "weights_sha256": "00" * 32})
+    with pytest.raises(ValueError, match="weights_sha256"):
+        model_key({"architecture": "resnet18", "embedding_dim": 512, "handler_version": "1"})
+
+
+def test_identity_that_contradicts_the_stored_one_is_refused(location: str) -> None:
+    wider = {**RESNET, "embedding_dim": DIM * 2}  # same key, different vectors: must not mix
+    with open_store(location) as store:
+        store.put_many(model_key(RESNET), RESNET, images(np.ones((1, DIM))))
+        with pytest.raises(StoreError, match="embedding_dim"):
+            store.put_many(model_key(wider), wider, images(np.ones((1, DIM * 2)), start=10))
+        assert store.count(model_key(RESNET)) == 1
+
+
+def test_embedding_of_the_wrong_width_or_with_nan_is_rejected(location: str) -> None:
+    bad = np.ones((1, DIM), np.float32)
+    bad[0, 3] = np.nan
+    with open_store(location) as store:
+        with pytest.raises(ValueError, match=r"shape \(8,\)"):
+            store.put_many(model_key(RESNET), RESNET, images(np.ones((1, 8))))
+        with pytest.raises(ValueError, match="NaN"):
+            store.put_many(model_key(RESNET), RESNET, images(bad))
+        with pytest.raises(ValueError, match="model_key"):
+            store.put_many(model_key(LITE), RESNET, images(np.ones((1, DIM))))
+        assert store.count(model_key(RESNET)) == 0
+
+
+@pytest.mark.parametrize(("version", "says"), [(SCHEMA_VERSION + 98, "newer"), (0, "older")])
+def test_store_of_another_schema_version_is_refused_with_what_to_do(location: str, version: int, says: str) -> None:
+    with open_store(location) as store:
+        store.put_many(model_key(RESNET), RESNET, images(np.ones((1, DIM))))
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location, autocommit=True) as conn:
+            conn.execute("UPDATE imgsim.meta SET value = %s WHERE key = 'schema_version'", (str(version),))
+    else:
+        with sqlite3.connect(location) as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        conn.close()
+    with pytest.raises(StoreError, match=rf"schema {version}, {says} than this client's {SCHEMA_VERSION}"):
+        open_store(location)
+
+
+def test_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(4096))
+    with pytest.raises(StoreError, match=r"cat\.jpg"):
+        open_store(photo)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    with pytest.raises(StoreError, match="something else"):
+        open_store(other)
+    with pytest.raises(StoreError, match="is a folder"):
+        open_store(tmp_path)
+
+
+def test_unreachable_postgres_says_so_without_the_password() -> None:
+    with pytest.raises(StoreError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:1/nowhere") as caught:
+        open_store("postgresql://someone:secret@127.0.0.1:1/nowhere")
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "euclidean", "manhattan", "angular"])
+def test_search_order_and_scores_match_scipy(location: str, metric: str) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((200, DIM)).astype(np.float32)
+    query = rng.standard_normal(DIM).astype(np.float32)
+    reference = {
+        "cosine": 1 - cdist([query], vectors, "cosine")[0],
+        "dot": vectors.astype(np.float64) @ query.astype(np.float64),
+        "euclidean": cdist([query], vectors, "euclidean")[0],
+        "manhattan": cdist([query], vectors, "cityblock")[0],
+        "angular": np.arccos(np.clip(1 - cdist([query], vectors, "cosine")[0], -1, 1)) / np.pi,
+    }[metric]
+    order = np.argsort(-reference if metric in ("cosine", "dot") else reference, kind="stable")[:10]
+    with open_store(location) as store:
+        store.put_many(model_key(RESNET), RESNET, images(vectors))
+        found = store.search(model_key(RESNET), query, k=10, metric=metric)
+    assert [s for s, _ in found] == [sha(i) for i in order]
+    np.testing.assert_allclose([score for _, score in found], reference[order], rtol=1e-6, atol=1e-9)
+
+
+def test_search_never_returns_excluded_images(location: str) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((50, DIM)).astype(np.float32)
+    with open_store(location) as store:
+        store.put_many(model_key(RESNET), RESNET, images(vectors))
+        unfiltered = [s for s, _ in store.search(model_key(RESNET), vectors[0], k=5)]
+        assert unfiltered[0] == sha(0)
+        found = [s for s, _ in store.search(model_key(RESNET), vectors[0], k=5, exclude=unfiltered[:3])]
+        assert found[:2] == unfiltered[3:]
+        assert not set(found) & set(unfiltered[:3])
+        everything = [sha(i) for i in range(50)]
+        assert store.search(model_key(RESNET), vectors[0], k=5, exclude=everything) == []
+        assert len(store.search(model_key(RESNET), vectors[0], k=500, exclude=everything[:45])) == 5
+
+
+def test_search_sees_images_added_after_the_first_search(location: str) -> None:
+    model = model_key(RESNET)
+    target = np.arange(DIM, dtype=np.float32)
+    with open_store(location) as store:
+        store.put_many(model, RESNET, images(np.ones((3, DIM))))
+        assert store.search(model, target, k=1)[0][0] != sha(99)
+        store.put_many(model, RESNET, images(target[None, :], start=99))
+        assert store.search(model, target, k=1) == [(sha(99), pytest.approx(1.0))]
+        store.put_many(model, RESNET, images(-target[None, :], start=99))  # replaced in place
+        assert store.search(model, target, k=1)[0][0] != sha(99)
+
+
+def test_sqlite_search_sees_rows_another_connection_wrote(tmp_path: Path) -> None:
+    path, model = tmp_path / "shared.sqlite", model_key(RESNET)
+    target = np.arange(DIM, dtype=np.float32)
+    with open_store(path) as reader, open_store(path) as writer:
+        writer.put_many(model, RESNET, images(np.ones((3, DIM))))
+        assert len(reader.search(model, target, k=10)) == 3  # loads its matrix
+        writer.put_many(model, RESNET, images(target[None, :], start=99))
+        assert reader.search(model, target, k=1)[0][0] == sha(99)
+
+
+def test_postgres_top1_equals_exact_top1_on_random_data(pg_url: str) -> None:
+    rng = np.random.default_rng(11)
+    identity = {**RESNET, "embedding_dim": 64}
+    vectors = rng.standard_normal((3000, 64)).astype(np.float32)
+    queries = rng.standard_normal((30, 64)).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with open_store(urlsplit(pg_url)._replace(path=f"/{name}").geturl()) as store:
+        store.put_many(model_key(identity), identity, images(vectors))
+        for query in queries:
+            exact = int(np.argmax(unit @ query))
+            assert store.search(model_key(identity), query, k=10)[0][0] == sha(exact)
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import sys
+    from client.store import model_key, open_store
+    from tests.test_store import RESNET, batch
+
+    with open_store(sys.argv[1]) as store:
+        for n in range(int(sys.argv[2]), 10**9):
+            store.put_many(model_key(RESNET), RESNET, batch(n))
+            print(n, flush=True)  # only after the commit returned
+    """
+)
+_BATCH = 500
+
+
+def batch(n: int) -> list[StoredImage]:
+    """Batch ``n`` of the killed writer: rows anyone can recompute to check they are intact."""
+    vectors = np.random.default_rng(n).standard_normal((_BATCH, DIM)).astype(np.float32)
+    return images(vectors, start=n * _BATCH)
+
+
+def test_sigkill_mid_write_leaves_an_intact_store_with_every_committed_batch(tmp_path: Path) -> None:
+    path = tmp_path / "killed.sqlite"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    committed: list[int] = []
+    in_flight: list[int] = []
+    # Each round writes new batches, so a later round cannot heal a batch torn by an earlier
+    # kill; random delays land kills at every stage of a batch, mid-commit included.
+    for round_, delay in enumerate(np.random.default_rng().uniform(0, 0.03, size=8)):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_WRITER, str(path), str(1000 * round_)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,  # python -c puts the working folder first on sys.path
+        )
+        assert writer.stdout is not None
+        printed = [int(writer.stdout.readline()) for _ in range(2)]
+        time.sleep(delay)
+        os.kill(writer.pid, signal.SIGKILL)
+        rest, _ = writer.communicate(timeout=30)
+        assert writer.returncode == -signal.SIGKILL
+        printed += [int(line) for line in rest.split()]
+        committed += printed
+        in_flight.append(printed[-1] + 1)
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
+    with open_store(path) as store:
+        model = model_key(RESNET)
+        for n in committed:
+            expected = batch(n)
+            got = store.get_many(model, [item["sha256"] for item in expected])
+            assert len(got) == _BATCH, f"committed batch {n} lost rows"
+            for item in expected:
+                assert got[item["sha256"]]["embedding"].tobytes() == item["embedding"].tobytes()
+        for n in in_flight:  # cut by the kill: all there or not there at all
+            assert len(store.get_many(model, [item["sha256"] for item in batch(n)])) in (0, _BATCH)
