@@ -5,6 +5,7 @@
 #   ./serve.sh                                  # resnet18-embed, in the background, waits until ready
 #   ./serve.sh --model efficientnet_lite0-embed          # --model may be repeated
 #   ./serve.sh --foreground --inference-address http://0.0.0.0:8080   # a container
+#   ./serve.sh --set grpc_inference_port=17070 --set grpc_management_port=17071  # any config key
 #   ./serve.sh --stop
 #
 # TorchServe writes key_file.json (the inference key) and logs/ in the current directory.
@@ -22,9 +23,10 @@ while [ $# -gt 0 ]; do
     --config) config="$2"; shift 2 ;;
     --inference-address|--management-address|--metrics-address)
       key="${1#--}"; override["${key//-/_}"]="$2"; shift 2 ;;
+    --set) override["${2%%=*}"]="${2#*=}"; shift 2 ;;
     --foreground) foreground=1; shift ;;
     --stop) exec torchserve --stop ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "serve.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -12,6 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "handler")]
 
+from tests.pg_fixture import pg_url  # noqa: E402,F401  (a real PostgreSQL with pgvector)
 from tests.server import TorchServe, build_archive  # noqa: E402
 
 IMAGES = REPO / "images"

@@ -96,7 +96,7 @@ class TorchServe:
     @classmethod
     def start(cls, workdir: Path, model_store: Path, models: tuple[str, ...]) -> "TorchServe":
         workdir.mkdir(parents=True, exist_ok=True)
-        ports = [free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(5)]
         env = tool_env()
         env["TMPDIR"] = str(workdir)  # TorchServe keeps its pid file there: servers stay apart
         command = [str(REPO / "serve.sh"), "--model-store", str(model_store)]
@@ -104,8 +104,9 @@ class TorchServe:
             command += ["--model", model]
         for flag, port in zip(("--inference-address", "--management-address", "--metrics-address"), ports):
             command += [flag, f"http://127.0.0.1:{port}"]
+        command += ["--set", f"grpc_inference_port={ports[3]}", "--set", f"grpc_management_port={ports[4]}"]
         result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=200)
-        server = cls(workdir, *(f"http://127.0.0.1:{p}" for p in ports), models, env)
+        server = cls(workdir, *(f"http://127.0.0.1:{p}" for p in ports[:3]), models, env)
         assert result.returncode == 0, result.stderr + server.log("torchserve.out")[-3000:]
         for model in models:
             server.wait_until_serving(model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import NotRequired, TypedDict
+from typing import TypedDict
 
 import torch
 
@@ -28,16 +28,18 @@ class ErrorBody(TypedDict):
     message: str
 
 
-class ImageResult(TypedDict):
-    file: NotRequired[str]
+class _Named(TypedDict, total=False):
+    file: str  # the client's name for the image, when the request gave one
+
+
+class ImageResult(_Named):
     model: ModelIdentity
     device: str
     embedding: list[float]
     predictions: list[Prediction]
 
 
-class ImageError(TypedDict):
-    file: NotRequired[str]
+class ImageError(_Named):
     error: ErrorBody
 
 

@@ -1,0 +1,145 @@
+"""Talking to the embedding server: multipart batches, several in flight, retries with backoff."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import requests
+
+RETRY_STATUSES = (502, 503, 504, 507)  # worker restarting, overloaded or out of memory
+TOKEN_ENV = "IMGSIM_TOKEN"
+
+
+class ServerError(Exception):
+    """The run cannot go on; the message says what to do."""
+
+
+class ServerUnreachable(ServerError):
+    pass
+
+
+class KeyRefused(ServerError):
+    pass
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str  # unique within a request: the server echoes it back
+    path: Path
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    body: dict  # the server's item: {"embedding", "predictions", "model", ...} or {"error": {...}}
+
+    @property
+    def error(self) -> dict | None:
+        return self.body.get("error")
+
+
+def read_token(token: str | None, token_file: Path | None) -> str | None:
+    """The inference key: --token, else $IMGSIM_TOKEN, else TorchServe's key_file.json."""
+    if token:
+        return token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    if token_file and token_file.is_file():
+        try:
+            return json.loads(token_file.read_text())["inference"]["key"]
+        except (ValueError, KeyError, TypeError):
+            raise ServerError(f"{token_file} is not a TorchServe key file (no inference key in it)") from None
+    return None
+
+
+class EmbeddingClient:
+    def __init__(
+        self, url: str, model: str, token: str | None, token_source: str, *, timeout: float = 300,
+        retries: int = 6, backoff: float = 0.5, concurrency: int = 2,
+    ):  # fmt: skip
+        self.url, self.model, self.token_source = url.rstrip("/"), model, token_source
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.concurrency = max(1, concurrency)
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=self.concurrency, pool_maxsize=self.concurrency)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.url}/predictions/{self.model}"
+
+    def embed_batches(
+        self, batches: Sequence[Sequence[Upload]], on_result: Callable[[list[Result]], None] | None = None
+    ) -> Iterator[list[Result]]:
+        """Sends each batch as one multipart request, ``concurrency`` at a time; yields as they finish."""
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            for results in _as_completed_in_flight(pool, self._send, batches, self.concurrency):
+                if on_result:
+                    on_result(results)
+                yield results
+
+    def _send(self, batch: Sequence[Upload]) -> list[Result]:
+        files = [(u.name, (u.name, u.path.read_bytes(), "application/octet-stream")) for u in batch]
+        response = self._post_with_retries(files)
+        items = response.json()
+        if isinstance(items, dict) and "error" in items:  # the whole request was refused
+            return [Result(u.name, items) for u in batch]
+        by_name = {item.get("file"): item for item in items}
+        return [Result(u.name, by_name.get(u.name, items[i] if i < len(items) else _missing(u))) for i, u in enumerate(batch)]
+
+    def _post_with_retries(self, files) -> requests.Response:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.post(self.predict_url, files=files, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == self.retries:
+                    raise ServerUnreachable(
+                        f"cannot reach TorchServe at {self.url} ({type(exc).__name__}). Start it with "
+                        f"./serve.sh (or: torchserve --start --ncs --ts-config config/config.properties "
+                        f"--model-store model_store --models {self.model}={self.model}.mar), or pass --url"
+                    ) from None
+            else:
+                if response.status_code == 400 and "InvalidKeyException" in response.text:
+                    raise KeyRefused(
+                        f"TorchServe refused the inference key ({self.token_source}). Pass the 'inference' key "
+                        f"from the key_file.json that TorchServe wrote in the directory it was started from: "
+                        f"--token-file PATH/key_file.json, --token KEY or ${TOKEN_ENV}"
+                    )
+                if response.status_code == 404:
+                    raise ServerError(f"TorchServe at {self.url} serves no model named {self.model!r}; pass --model")
+                if response.status_code not in RETRY_STATUSES:
+                    if response.status_code >= 500:
+                        raise ServerError(f"TorchServe answered {response.status_code}: {response.text[:300]}")
+                    return response
+                if attempt == self.retries:
+                    raise ServerError(f"TorchServe kept answering {response.status_code}: {response.text[:300]}")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+
+def _missing(upload: Upload) -> dict:
+    return {"file": upload.name, "error": {"code": "no_result", "message": "the server returned no result for it"}}
+
+
+def _as_completed_in_flight(pool, fn, items: Iterable, limit: int) -> Iterator:
+    """Like as_completed, but keeps at most ``limit`` items in flight (bounded memory for big folders)."""
+    pending = set()
+    for item in items:
+        pending.add(pool.submit(fn, item))
+        if len(pending) >= limit:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    for future in as_completed(pending):
+        yield future.result()

@@ -1,0 +1,72 @@
+"""Self-contained HTML pages with thumbnails (no external files, opens offline)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageOps
+
+THUMB_SIDE = 240
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:20px} h2{font-size:16px;margin-top:28px}
+.grid{display:flex;flex-wrap:wrap;gap:14px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;width:250px}
+.card.reference{border:2px solid #2a6ad8}
+.card img{display:block;width:240px;height:240px;object-fit:contain;background:#eee}
+.name{font-weight:600;word-break:break-all;margin-top:6px}
+.meta{font-size:13px;color:#555}
+.missing{width:240px;height:240px;display:flex;align-items:center;justify-content:center;background:#eee}
+"""
+
+
+@dataclass(frozen=True)
+class Card:
+    path: Path
+    title: str
+    lines: Sequence[str]
+    reference: bool = False
+
+
+def thumbnail_uri(path: Path) -> str | None:
+    """A small JPEG of the image as a data URI, or None when the file cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", quality=80)
+    except Exception:  # a report must not fail on one unreadable file
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _card(card: Card) -> str:
+    uri = thumbnail_uri(card.path)
+    title = html.escape(card.title)
+    picture = f'<img src="{uri}" alt="{title}">' if uri else '<div class="missing">no preview</div>'
+    meta = "".join(f'<div class="meta">{html.escape(line)}</div>' for line in card.lines)
+    css = "card reference" if card.reference else "card"
+    return f'<div class="{css}">{picture}<div class="name">{title}</div>{meta}</div>'
+
+
+def render(title: str, sections: Sequence[tuple[str, Sequence[Card]]]) -> str:
+    body = "".join(
+        f"<h2>{html.escape(heading)}</h2><div class=\"grid\">{''.join(_card(c) for c in cards)}</div>"
+        for heading, cards in sections
+    )
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+
+
+def write(path: Path, title: str, sections: Sequence[tuple[str, Sequence[Card]]]) -> None:
+    path.write_text(render(title, sections), encoding="utf-8")
