@@ -16,6 +16,7 @@ import torch
 
 from . import HANDLER_VERSION
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from .engines import make_engine
 from .models import EmbeddingNet, ModelSpec, get_spec, load_model
 from .payload import ParsedRequest, parse_request
 from .preprocess import crop_uint8, normalize
@@ -36,6 +37,8 @@ class PipelineConfig:
     max_images_per_request: int = 64
     fast_jpeg_decode: bool = True
     torch_threads: int = 0  # 0: one per core
+    engine: str = "onnxruntime"  # on CUDA devices always eager; see engines.py
+    precision: str = "fp32"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
@@ -43,7 +46,8 @@ class PipelineConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown handler settings {unknown}; known: {sorted(known)}")
-        return cls(**{k: (bool(v) if k == "fast_jpeg_decode" else int(v)) for k, v in values.items()})
+        casts = {"fast_jpeg_decode": bool, "engine": str, "precision": str}
+        return cls(**{k: casts.get(k, int)(v) for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ class Pipeline:
     ):  # fmt: skip
         self.spec, self.model, self.labels, self.identity = spec, model, labels, identity
         self.device, self.config = device, config
-        if device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        kind = config.engine if device.type == "cpu" else "eager"  # ONNX Runtime here is CPU-only
+        self.engine = make_engine(kind, model, spec, device, config.precision)
 
     @classmethod
     def from_archive(cls, model_dir: Path, device: torch.device, config: PipelineConfig) -> "Pipeline":
@@ -128,11 +132,7 @@ class Pipeline:
     def infer(self, batch: Batch) -> Batch:
         if batch.pixels is None:
             return batch
-        x = normalize(batch.pixels, self.spec).to(self.device)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits, features = self.model(x)
-        batch.logits, batch.features = logits.float().cpu(), features.float().cpu()
+        batch.logits, batch.features = self.engine(normalize(batch.pixels, self.spec))
         return batch
 
     def respond(self, batch: Batch) -> list[Reply]:
