@@ -13,6 +13,7 @@ import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,13 @@ _SERVER_USER = "embedded_postgres"
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """``postgresql://postgres@127.0.0.1:<port>/postgres`` of a fresh server, trust auth."""
+    with running_postgres() as url:
+        yield url
+
+
+@contextmanager
+def running_postgres(settings: str = "") -> Iterator[str]:
+    """A fresh PostgreSQL with pgvector on a free loopback port; ``settings``: extra ``-c k=v`` options."""
     # Not pytest's tmp_path: under root that folder is 0700 and the server user could not enter it.
     root = Path(tempfile.mkdtemp(prefix="store-pg-"))
     data, log = root / "data", root / "server.log"
@@ -55,7 +63,7 @@ def pg_url() -> Iterator[str]:
     try:
         _initdb(["--auth=trust", "--encoding=utf8", "--username=postgres"], pgdata=data, user=user)
         # -k: the Unix socket goes in our folder, not in a shared /tmp or /run path.
-        options = f"-h 127.0.0.1 -p {port} -k {root}"
+        options = f"-h 127.0.0.1 -p {port} -k {root} {settings}".strip()
         _pg_ctl(["-w", "-t", "60", "-o", options, "-l", str(log), "start"], pgdata=data, user=user, timeout=90)
     except Exception as err:
         server_log = log.read_text() if log.exists() else "(no server log was written)"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,6 +39,7 @@ class PipelineConfig:
     max_images_per_request: int = 64
     fast_jpeg_decode: bool = True
     torch_threads: int = 0  # 0: one per core
+    decode_threads: int = 0  # 0: one per core
     engine: str = "onnxruntime"  # on CUDA devices always eager; see engines.py
     precision: str = "fp32"
 
@@ -83,6 +86,7 @@ class Pipeline:
         self.device, self.config = device, config
         kind = config.engine if device.type == "cpu" else "eager"  # ONNX Runtime here is CPU-only
         self.engine = make_engine(kind, model, spec, device, config.precision)
+        self._decoders = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1, "imgsim-decode")
 
     @classmethod
     def from_archive(cls, model_dir: Path, device: torch.device, config: PipelineConfig) -> "Pipeline":
@@ -105,23 +109,30 @@ class Pipeline:
 
     def prepare(self, requests: Sequence[Mapping[str, Any]]) -> Batch:
         batch = Batch([parse_request(parts, self.config.max_images_per_request) for parts in requests])
+        images = [image for request in batch.requests for image in request.images if image.error is None]
+        # PIL releases the GIL while it decodes and resizes, so threads use every core
+        outcomes = iter(list(self._decoders.map(self._crop_or_error, [image.data for image in images])))
         crops: list[torch.Tensor] = []
         for request in batch.requests:
             slots: list[int | DecodeError] = []
             for image in request.images:
-                if image.error is not None:
-                    slots.append(image.error)
-                    continue
-                try:
-                    crops.append(self._crop(image.data))
+                outcome = image.error or next(outcomes)
+                if isinstance(outcome, DecodeError):
+                    logger.info("image %r refused: %s", image.name, outcome)
+                    slots.append(outcome)
+                else:
+                    crops.append(outcome)
                     slots.append(len(crops) - 1)
-                except DecodeError as error:
-                    logger.info("image %r refused: %s", image.name, error)
-                    slots.append(error)
             batch.rows.append(slots)
         if crops:
             batch.pixels = torch.stack(crops)
         return batch
+
+    def _crop_or_error(self, data: bytes) -> torch.Tensor | DecodeError:
+        try:
+            return self._crop(data)
+        except DecodeError as error:
+            return error
 
     def _crop(self, data: bytes) -> torch.Tensor:
         draft = self.spec.resize_size if self.config.fast_jpeg_decode else None

@@ -1,0 +1,356 @@
+"""Throughput of the whole service on this machine, every figure from one run.
+
+    .venv/bin/python bench/throughput.py                # ~10 minutes on 2 cores; appends to docs/BENCHMARKS.md
+
+Measures, on a corpus of real photos cropped and rescaled to 2-6 MP JPEGs (made here,
+never committed):
+  (a) a seed-style pipeline in its own process: one image at a time, full decode,
+      Resize((224, 224)), eager torch, default threads;
+  (b) the handler's own decode + model code in a loop without TorchServe, best batch;
+      (b-model) the model stage alone on ready tensors, with its FLOP/s;
+  (c) end to end, cold: TorchServe started by serve.sh as the README says, then the
+      whole `python client/rank.py` command on the corpus with an empty store;
+  (d) the same command again with the store filled;
+  (e) top-10 query time over 100k and 1M stored vectors in SQLite, 100k in pgvector.
+ResNet18 timings use random weights (the published ones cannot be downloaded here;
+speed does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "handler"), str(REPO / "bench")]
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from photo_corpus import collect_photos  # noqa: E402
+
+CORPUS = REPO / ".imgsim" / "bench-corpus"
+GFLOP_PER_IMAGE = {"resnet18": 3.63, "efficientnet_lite0": 0.80}
+
+SEED_BASELINE = r"""
+import sys, time, torch, torchvision, torchvision.transforms as T
+from pathlib import Path
+from PIL import Image
+files, weights = sorted(Path(sys.argv[1]).glob("*.jpg")), sys.argv[2]
+model = torchvision.models.resnet18()
+model.load_state_dict(torch.load(weights, weights_only=True)); model.eval()
+tf = T.Compose([T.Resize((224, 224)), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+start = time.perf_counter()
+with torch.no_grad():
+    for f in files:
+        model(tf(Image.open(f).convert("RGB")).unsqueeze(0))
+print(len(files) / (time.perf_counter() - start))
+"""
+
+
+def machine() -> str:
+    info = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    simd = " ".join(f for f in flags if f.startswith(("avx512", "avx2", "amx")) or f in ("fma", "avx_vnni"))
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}; flags: {simd}"
+
+
+def make_corpus(count: int, seed: int = 0) -> list[Path]:
+    """``count`` JPEGs of 2-6 MP: random crops and rescales of the real photos here."""
+    CORPUS.mkdir(parents=True, exist_ok=True)
+    existing = sorted(CORPUS.glob("*.jpg"))
+    if len(existing) == count:
+        return existing
+    shutil.rmtree(CORPUS)
+    CORPUS.mkdir(parents=True)
+    rng = random.Random(seed)
+    photos = [p for p in collect_photos() if _pixels(p.path) >= 250_000]
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        image = photo.load()
+        w, h = image.size
+        keep = rng.uniform(0.7, 1.0)
+        cw, ch = int(w * keep), int(h * keep)
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        image = image.crop((left, top, left + cw, top + ch))
+        target = rng.uniform(2.0e6, 6.0e6)
+        scale = (target / (cw * ch)) ** 0.5
+        image = image.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC)
+        image.save(CORPUS / f"{i:04d}.jpg", quality=rng.randint(80, 92))
+    return sorted(CORPUS.glob("*.jpg"))
+
+
+def _pixels(path: Path) -> int:
+    try:
+        with Image.open(path) as image:
+            return image.size[0] * image.size[1]
+    except Exception:
+        return 0
+
+
+def wall(command: list[str], **kwargs) -> tuple[float, int, subprocess.CompletedProcess]:
+    """(seconds, peak RSS in bytes, result) of one child process, start-up included."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    peak = 0
+    while process.poll() is None:  # VmHWM, not getrusage: a child's ru_maxrss includes this process's
+        try:
+            peak = max(peak, _peak_rss(process.pid))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    out, err = process.communicate()
+    result = subprocess.CompletedProcess(command, process.returncode, out, err)
+    assert result.returncode == 0, err[-3000:]
+    return seconds, peak, result
+
+
+def build_archive(arch: str, store: Path, weights: Path | None) -> str:
+    name = f"{arch}-embed"
+    args = [str(REPO / "build_mar.sh"), "--arch", arch, "--out", str(store)]
+    if weights:
+        args += ["--weights", str(weights), "--allow-unverified-weights"]
+    subprocess.run(args, check=True, env=_env(), capture_output=True)
+    return name
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHON"] = sys.executable
+    return env
+
+
+def in_process(model_dir: Path, files: list[Path], batch_sizes: list[int]) -> tuple[dict[int, float], float, dict]:
+    """(b): img/s per batch size through Pipeline; (b-model): the engine alone at the best size."""
+    from imgsim.pipeline import Pipeline, PipelineConfig
+
+    config_file = next(model_dir.glob("*.yaml"))
+    settings = yaml.safe_load(config_file.read_text())
+    config = PipelineConfig.from_mapping(settings.get("handler", {}))
+    torch.set_num_threads(config.torch_threads or os.cpu_count())
+    pipeline = Pipeline.from_archive(model_dir, torch.device("cpu"), config)
+    blobs = [f.read_bytes() for f in files]
+    rates = {}
+    for size in batch_sizes:
+        pipeline([{f"{i}": blobs[i] for i in range(min(size, len(blobs)))}])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(blobs), size):
+            replies = pipeline([{f"{j}": blobs[j] for j in range(i, min(i + size, len(blobs)))}])
+            assert replies[0].status == 200
+        rates[size] = len(blobs) / (time.perf_counter() - start)
+    best = max(rates, key=rates.get)
+    x = torch.randn(best, 3, pipeline.spec.input_size, pipeline.spec.input_size)
+    pipeline.engine(x)
+    rounds, start = 20, time.perf_counter()
+    for _ in range(rounds):
+        pipeline.engine(x)
+    model_rate = rounds * best / (time.perf_counter() - start)
+    return rates, model_rate, {"engine": config.engine, "precision": config.precision, "best_batch": best}
+
+
+def served(model_store: Path, model: str, files: list[Path], workdir: Path, batch: int, concurrency: int) -> dict:
+    """(c) and (d): the README's commands, timed whole, with peak RSS of workers and client."""
+    env = _env()
+    env["TMPDIR"] = str(workdir)
+    subprocess.run([str(REPO / "serve.sh"), "--model-store", str(model_store), "--model", model],
+                   cwd=workdir, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
+    try:
+        _wait_serving(workdir, model)
+        store = workdir / "store.sqlite"
+        command = [sys.executable, str(REPO / "client" / "rank.py"), "--images_folder", str(files[0].parent),
+                   "--ref_image", files[0].name, "--model", model, "--store", str(store), "--quiet",
+                   "--token-file", str(workdir / "key_file.json"), "--batch-size", str(batch),
+                   "--concurrency", str(concurrency)]  # fmt: skip
+        cold, cold_rss, result = wall(command, cwd=workdir)
+        assert f"sent {len(files)} to the server" in result.stderr, result.stderr
+        warm, warm_rss, result = wall(command, cwd=workdir)
+        assert "sent 0 to the server" in result.stderr, result.stderr
+        workers = [p for p in psutil.process_iter(["cmdline", "environ"]) if _is_worker(p, workdir)]
+        worker_peak = max(_peak_rss(p.pid) for p in workers)
+    finally:
+        subprocess.run(["torchserve", "--stop"], cwd=workdir, env=env, capture_output=True, timeout=120)
+    return {"cold_s": cold, "warm_s": warm, "client_peak_rss": max(cold_rss, warm_rss), "worker_peak_rss": worker_peak}
+
+
+def _is_worker(process: psutil.Process, workdir: Path) -> bool:
+    try:
+        return "ts/model_service_worker.py" in " ".join(process.info["cmdline"] or []) and (
+            (process.info["environ"] or {}).get("TMPDIR") == str(workdir)
+        )
+    except (psutil.Error, TypeError):
+        return False
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _wait_serving(workdir: Path, model: str) -> None:
+    import requests
+
+    key = json.loads((workdir / "key_file.json").read_text())["inference"]["key"]
+    with Image.new("RGB", (8, 8)) as tiny:
+        path = workdir / "tiny.png"
+        tiny.save(path)
+    for _ in range(600):
+        try:
+            r = requests.post(f"http://127.0.0.1:8080/predictions/{model}", data=path.read_bytes(),
+                              headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+            if r.status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("TorchServe never answered")
+
+
+def store_queries(sizes: list[int], pg_size: int, dim: int = 512) -> dict:
+    """(e): median top-10 query time with the store open, over random unit vectors."""
+    from client.store import open_store
+
+    identity = {"architecture": "bench", "weights_sha256": "0" * 64, "embedding_dim": dim, "handler_version": "0"}
+    rng = np.random.default_rng(0)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="imgsim-store-bench-") as tmp:
+        store = open_store(Path(tmp) / "bench.sqlite")
+        filled = 0
+        for size in sorted(sizes):
+            filled = _fill(store, identity, filled, size, rng, dim)
+            results[f"sqlite_{size}"] = _query_ms(store, identity, rng, dim)
+        store.close()
+    if pg_size:
+        from tests.pg_fixture import running_postgres
+
+        with running_postgres("-c shared_buffers=2GB -c maintenance_work_mem=2GB") as url:
+            store = open_store(url)
+            _fill(store, identity, 0, pg_size, rng, dim)
+            results[f"pgvector_{pg_size}"] = _query_ms(store, identity, rng, dim)
+            store.close()
+    return results
+
+
+def _fill(store, identity: dict, start: int, end: int, rng, dim: int, chunk: int = 50_000) -> int:
+    from client.store import model_key
+
+    for lo in range(start, end, chunk):
+        n = min(chunk, end - lo)
+        vectors = rng.normal(size=(n, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        items = [{"sha256": f"{i:064x}", "embedding": v, "predictions": []} for i, v in zip(range(lo, lo + n), vectors)]
+        store.put_many(model_key(identity), identity, items)
+    return end
+
+
+def _query_ms(store, identity: dict, rng, dim: int, queries: int = 20) -> float:
+    from client.store import model_key
+
+    key = model_key(identity)
+    store.search(key, rng.normal(size=dim).astype(np.float32), 10)  # loads the vectors
+    times = []
+    for _ in range(queries):
+        q = rng.normal(size=dim).astype(np.float32)
+        start = time.perf_counter()
+        store.search(key, q, 10)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="resnet18", choices=sorted(GFLOP_PER_IMAGE))
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--batch-sizes", default="8,16,32")
+    parser.add_argument("--client-batch", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--store-sizes", default="100000,1000000")
+    parser.add_argument("--pg-size", type=int, default=100_000, help="0 skips pgvector")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    args = parser.parse_args()
+    files = make_corpus(args.images)
+    megapixels = [_pixels(f) / 1e6 for f in files]
+    print(f"corpus: {len(files)} JPEGs, {min(megapixels):.1f}-{max(megapixels):.1f} MP, "
+          f"{sum(f.stat().st_size for f in files) / len(files) / 1e6:.2f} MB on average", file=sys.stderr)  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="imgsim-bench-"))
+    weights = None
+    if args.arch == "resnet18":
+        import torchvision
+
+        weights = work / "resnet18-random.pth"
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+    model_store = work / "model_store"
+    model = build_archive(args.arch, model_store, weights)
+    model_dir = work / "unpacked"
+    zipfile.ZipFile(model_store / f"{model}.mar").extractall(model_dir)
+
+    print("(a) seed-style baseline ...", file=sys.stderr)
+    a = float(wall([sys.executable, "-c", SEED_BASELINE, str(CORPUS), str(weights)])[2].stdout) if weights else None
+    print("(b) in-process ceiling ...", file=sys.stderr)
+    rates, model_rate, engine = in_process(model_dir, files, [int(s) for s in args.batch_sizes.split(",")])
+    b = max(rates.values())
+    print("(c, d) TorchServe + rank.py ...", file=sys.stderr)
+    run = served(model_store, model, files, work, args.client_batch, args.concurrency)
+    c, d = len(files) / run["cold_s"], len(files) / run["warm_s"]
+    print("(e) store queries ...", file=sys.stderr)
+    e = store_queries([int(s) for s in args.store_sizes.split(",")], args.pg_size)
+    shutil.rmtree(work, ignore_errors=True)
+
+    gflops = model_rate * GFLOP_PER_IMAGE[args.arch]
+    rows = [
+        ("(a) seed-style, one image at a time, eager, default threads", f"{a:.1f} img/s" if a else "n/a", ""),
+        (f"(b) handler decode + {engine['engine']} {engine['precision']} in process, batch {engine['best_batch']}",
+         f"{b:.1f} img/s", "per batch size: " + ", ".join(f"{k}: {v:.1f}" for k, v in rates.items())),
+        ("(b-model) model stage alone", f"{model_rate:.1f} img/s", f"{gflops:.0f} GFLOP/s"),
+        ("(c) cold: TorchServe + `python client/rank.py`, empty store", f"{c:.1f} img/s",
+         f"{run['cold_s']:.1f} s for {len(files)} images, process start included"),
+        ("(d) warm: the same command, store filled", f"{d:.1f} img/s", f"{run['warm_s']:.2f} s"),
+        *[(f"(e) top-10 query, {k.replace('_', ', ')} vectors", f"{v:.1f} ms", "median of 20, store open")
+          for k, v in e.items()],
+        ("peak RSS: TorchServe worker / client", f"{run['worker_peak_rss'] / 2**20:.0f} MiB / "
+         f"{run['client_peak_rss'] / 2**20:.0f} MiB", ""),
+    ]  # fmt: skip
+    ratios = [
+        ("(c) / (a), target >= 2", f"{c / a:.2f}" if a else "n/a"),
+        ("(c) / (b), target >= 0.8", f"{c / b:.2f}"),
+        ("(b-model), target >= 100 img/s (70% of fp32 peak) for resnet18", f"{model_rate:.1f}"),
+        ("(c) time / (d) time, target >= 5", f"{run['cold_s'] / run['warm_s']:.1f}"),
+    ]
+    table = "| measurement | result | detail |\n| --- | --- | --- |\n" + "".join(f"| {m} | {r} | {x} |\n" for m, r, x in rows)
+    table += "\n| ratio | value |\n| --- | --- |\n" + "".join(f"| {m} | {v} |\n" for m, v in ratios)
+    command = "python bench/throughput.py " + " ".join(sys.argv[1:])
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"\n## {stamp}: {args.arch}, {len(files)} photos of {min(megapixels):.1f}-{max(megapixels):.1f} MP\n\n"
+               f"Machine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}")  # fmt: skip
+    print(section)
+    args.docs.parent.mkdir(parents=True, exist_ok=True)
+    if not args.docs.exists():
+        args.docs.write_text("# Benchmarks\n\nEach section is one run of `bench/throughput.py`, appended by the script.\n")
+    with open(args.docs, "a", encoding="utf-8") as f:
+        f.write(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
