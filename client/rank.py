@@ -7,7 +7,6 @@ unchanged folder sends nothing to the server.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -18,20 +17,21 @@ import pandas as pd  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from client import report  # noqa: E402
-from client.api import TOKEN_ENV, EmbeddingClient, ServerError, read_token  # noqa: E402
+from client.api import ServerError  # noqa: E402
+from client.cli import STORE_NAME, add_common_args, check_common_args, make_client, render, write_out  # noqa: E402
 from client.embedding import Embedded, embed_files  # noqa: E402
 from client.metrics import METRICS, Metric, get_metric  # noqa: E402
 from client.ranking import COLUMNS, rank_files, rank_stored  # noqa: E402
 from client.scan import candidate_files, describe  # noqa: E402
 from client.store import StoreError, model_key, open_store  # noqa: E402
 
-STORE_NAME = ".imgsim-store.sqlite"
 EXAMPLES = f"""examples:
   python client/rank.py                                   # images/ against images/cat.png
   python client/rank.py --images_folder ~/photos --ref_image ~/query.jpg --top-k 20 --metric euclidean
   python client/rank.py --images_folder ~/photos --ref_image x.jpg --format csv --output ranking.csv
   python client/rank.py --images_folder ~/photos --ref_image x.jpg --html report.html
   python client/rank.py --store ~/photos/{STORE_NAME} --ref_image x.jpg   # search everything stored
+  python client/rank.py --store ~/photos/{STORE_NAME} --ref_image new.jpg --seen   # seen it, or an edit of it?
 
 The store of seen images is FOLDER/{STORE_NAME} unless --store names another
 SQLite file or a postgresql:// URL (PostgreSQL with pgvector).
@@ -48,25 +48,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ref_image", "--ref-image", default="cat.png", help="reference: a name in the folder or a path")
     p.add_argument("--top-k", type=int, default=10, help="rows in the table and the HTML report (default 10)")
     p.add_argument("--metric", default="cosine", choices=list(METRICS), help="default cosine")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="TorchServe inference address")
-    p.add_argument("--model", default="resnet18-embed", help="model name on the server")
-    p.add_argument("--token", help="inference key (prefer $IMGSIM_TOKEN or --token-file: flags show in ps)")
-    p.add_argument("--token-file", type=Path, default=Path("key_file.json"), help="default ./key_file.json")
     p.add_argument("--recursive", action="store_true", help="include subfolders")
-    p.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
-    p.add_argument("--concurrency", type=int, default=2, help="requests in flight (default 2)")
-    p.add_argument("--retries", type=int, default=6, help="retries with backoff on connection errors and 503/507")
-    p.add_argument("--store", help=f"SQLite file or postgresql:// URL (default FOLDER/{STORE_NAME})")
-    p.add_argument("--no-store", action="store_true", help="remember nothing, embed everything")
-    p.add_argument("--format", default="table", choices=["table", "csv", "json", "markdown"])
-    p.add_argument("--output", type=Path, help="write the ranking here instead of stdout")
+    add_common_args(p)
     p.add_argument("--html", type=Path, help="also write a self-contained HTML report with thumbnails")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seen", action="store_true", help="only say whether the store holds this image or an edit of it")
     args = p.parse_args(argv)
-    if args.no_store and args.store:
-        p.error("--store and --no-store exclude each other")
-    if args.batch_size < 1 or args.concurrency < 1 or args.top_k < 1:
-        p.error("--batch-size, --concurrency and --top-k must be at least 1")
+    check_common_args(p, args)
+    if args.seen and args.no_store:
+        p.error("--seen looks in the store; drop --no-store")
+    if args.top_k < 1:
+        p.error("--top-k must be at least 1")
     return args
 
 
@@ -88,21 +79,11 @@ def header(metric: Metric) -> str:
 
 
 def emit(frame: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> None:
-    if args.format == "csv":
-        text = frame.to_csv(index=False)
-    elif args.format == "json":
-        text = frame.to_json(orient="records", indent=2) + "\n"
-    elif args.format == "markdown":
-        text = frame.to_markdown(index=False) + "\n"
-    else:
-        top = frame[frame["rank"].notna()].head(args.top_k)
-        table = [[r["rank"], r["file"], f"{r['score']:.4f}", r["label"], f"{r['probability']:.3f}",
-                  f"same bytes as {r['duplicate_of']}" if r["duplicate_of"] else ""] for _, r in top.iterrows()]  # fmt: skip
-        text = tabulate(table, headers=["rank", "file", header(metric), "label", "prob", "note"], tablefmt="grid") + "\n"
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    top = frame[frame["rank"].notna()].head(args.top_k)
+    rows = [[r["rank"], r["file"], f"{r['score']:.4f}", r["label"], f"{r['probability']:.3f}",
+             f"same bytes as {r['duplicate_of']}" if r["duplicate_of"] else ""] for _, r in top.iterrows()]  # fmt: skip
+    grid = tabulate(rows, headers=["rank", "file", header(metric), "label", "prob", "note"], tablefmt="grid") + "\n"
+    write_out(args, render(frame, args.format, table=grid))
 
 
 def write_html(path: Path, reference: Path, ref_item: dict, frame: pd.DataFrame, metric: Metric, k: int) -> None:
@@ -124,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank.py: {folder} is not a folder; pass --images_folder", file=sys.stderr)
         return 2
     reference_path = resolve_reference(args.ref_image, folder)
-    token_source = "--token" if args.token else ("$IMGSIM_TOKEN" if os.environ.get(TOKEN_ENV) else f"from {args.token_file}")
     try:
-        token = read_token(args.token, args.token_file)
-        client = EmbeddingClient(
-            args.url, args.model, token, token_source, concurrency=args.concurrency, retries=args.retries
-        )
+        client = make_client(args)
         store = None if args.no_store else open_store(args.store or folder / STORE_NAME)
         try:
             return run(args, metric, folder, reference_path, client, store)
@@ -153,6 +130,8 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
         print(f"rank.py: the reference {reference_path} cannot be used: {error['message']}", file=sys.stderr)
         return 1
     ref_item = embedded.items[reference.sha256]
+    if args.seen:
+        return report_seen(args, store, embedded.identity, ref_item, reference_path)
     if folder is None:
         key = model_key(embedded.identity)
         hits = store.search(key, ref_item["embedding"], max(args.top_k, 1), metric.name, exclude={reference.sha256})
@@ -170,6 +149,17 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
         f"sent {embedded.sent} to the server, reused {embedded.reused} from the store",
         file=sys.stderr,
     )
+    return 0
+
+
+def report_seen(args, store, identity: dict, ref_item: dict, reference_path: Path) -> int:
+    """--seen: the stored exact and near matches of the reference, without embedding anything else."""
+    from client.duplicates import seen_frame, seen_matches, thresholds_for
+
+    found = seen_frame(seen_matches(store, model_key(identity), ref_item, reference_path, thresholds_for(identity["architecture"])))
+    write_out(args, render(found, args.format))
+    tiers = ", ".join(f"{n} {tier}" for tier, n in found["tier"].value_counts().items())
+    print(f"{reference_path}: {'seen: ' + tiers if tiers else 'not seen before'}", file=sys.stderr)
     return 0
 
 

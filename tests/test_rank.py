@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
@@ -194,3 +193,22 @@ def test_collection_search_ranks_everything_stored_for_the_model(server, tmp_pat
     assert frame.iloc[0]["file"] == "cat.png"
     assert "black_cat.jpg" not in set(frame["file"])
     assert len(frame) == 10
+
+
+def test_seen_answers_exact_near_or_not_seen_from_the_store(server, tmp_path):
+    store = tmp_path / "seen.sqlite"
+    assert rank(server, "--store", str(store), "--images_folder", "images").returncode == 0
+    edited = tmp_path / "coffee_edit.jpg"
+    Image.open(IMAGES / "coffee.jpg").convert("RGB").resize((500, 333)).save(edited, quality=70)
+    copy = tmp_path / "tent_copy.jpg"
+    shutil.copy(IMAGES / "tent.jpg", copy)
+    unseen = tmp_path / "noise.png"
+    Image.effect_noise((300, 200), 60).convert("RGB").save(unseen)
+    answers = {}
+    for name, path in {"copy": copy, "edit": edited, "new": unseen}.items():
+        result = rank(server, "--store", str(store), "--ref_image", str(path), "--seen", "--format", "json")
+        assert result.returncode == 0, result.stderr
+        answers[name] = result.stderr.strip().splitlines()[-1]
+    assert "seen:" in answers["copy"] and "exact" in answers["copy"]
+    assert "seen:" in answers["edit"] and "near" in answers["edit"]
+    assert answers["new"].endswith("not seen before")

@@ -1,0 +1,73 @@
+"""What rank.py and dedup.py share on the command line: server, store and output flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from client.api import TOKEN_ENV, EmbeddingClient, read_token
+
+STORE_NAME = ".imgsim-store.sqlite"
+FORMATS = ["table", "csv", "json", "markdown"]
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="TorchServe inference address")
+    p.add_argument("--model", default="resnet18-embed", help="model name on the server")
+    p.add_argument("--token", help="inference key (prefer $IMGSIM_TOKEN or --token-file: flags show in ps)")
+    p.add_argument("--token-file", type=Path, default=Path("key_file.json"), help="default ./key_file.json")
+    p.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
+    p.add_argument("--concurrency", type=int, default=2, help="requests in flight (default 2)")
+    p.add_argument("--retries", type=int, default=6, help="retries with backoff on connection errors and 503/507")
+    p.add_argument("--store", help=f"SQLite file or postgresql:// URL (default FOLDER/{STORE_NAME})")
+    p.add_argument("--no-store", action="store_true", help="remember nothing, embed everything")
+    p.add_argument("--format", default="table", choices=FORMATS)
+    p.add_argument("--output", type=Path, help="write the results here instead of stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_common_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.no_store and args.store:
+        p.error("--store and --no-store exclude each other")
+    if args.batch_size < 1 or args.concurrency < 1:
+        p.error("--batch-size and --concurrency must be at least 1")
+
+
+def make_client(args: argparse.Namespace) -> EmbeddingClient:
+    """The server client, with the key from --token, $IMGSIM_TOKEN or the key file (never printed)."""
+    if args.token:
+        source = "--token"
+    elif os.environ.get(TOKEN_ENV):
+        source = f"${TOKEN_ENV}"
+    else:
+        source = f"from {args.token_file}"
+    token = read_token(args.token, args.token_file)
+    return EmbeddingClient(args.url, args.model, token, source, concurrency=args.concurrency, retries=args.retries)
+
+
+def render(frame: pd.DataFrame, fmt: str, table: str | None = None) -> str:
+    """csv, json and markdown carry every row; ``table`` (for a person) is the caller's grid, else a plain one."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=2) + "\n"
+    if fmt == "markdown":
+        return frame.to_markdown(index=False) + "\n"
+    if table is not None:
+        return table
+    if not len(frame):
+        return "nothing found\n"
+    shown = frame.drop(columns=[c for c in ("sha256", "path", "match") if c in frame.columns])
+    return tabulate(shown, headers="keys", tablefmt="simple", showindex=False, floatfmt=".3f") + "\n"
+
+
+def write_out(args: argparse.Namespace, text: str) -> None:
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
