@@ -9,10 +9,15 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+from urllib.parse import quote
 
 import requests
 
 RETRY_STATUSES = (502, 503, 504, 507)  # worker restarting, overloaded or out of memory
+# TorchServe fails the requests in flight when a model worker process dies ("Worker died."):
+# 507 when it saw exit code 137 (SIGKILL, the OOM killer), else 500. It restarts the worker,
+# so these 500s are worth retrying; any other 500 is a bug and is not.
+WORKER_DIED = "Worker died."
 TOKEN_ENV = "IMGSIM_TOKEN"
 
 
@@ -88,13 +93,27 @@ class EmbeddingClient:
                 yield results
 
     def _send(self, batch: Sequence[Upload]) -> list[Result]:
-        files = [(u.name, (u.name, u.path.read_bytes(), "application/octet-stream")) for u in batch]
+        wire = [_part_name(u.name) for u in batch]
+        files = [(w, (w, u.path.read_bytes(), "application/octet-stream")) for w, u in zip(wire, batch)]
         response = self._post_with_retries(files)
-        items = response.json()
+        if response.status_code == 413 and not response.content:
+            # TorchServe's own refusal of a body over max_request_size (ours always has a JSON body):
+            # halve the batch until it fits; a single file that is too big fails on its own.
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return self._send(batch[:half]) + self._send(batch[half:])
+            size = len(files[0][1][1])
+            return [Result(batch[0].name, _too_large(batch[0], size))]
+        try:
+            items = response.json()
+        except ValueError:
+            raise ServerError(
+                f"TorchServe answered {response.status_code} with a body that is not JSON: {response.text[:200]!r}"
+            ) from None
         if isinstance(items, dict) and "error" in items:  # the whole request was refused
             return [Result(u.name, items) for u in batch]
         by_name = {item.get("file"): item for item in items}
-        return [Result(u.name, by_name.get(u.name, items[i] if i < len(items) else _missing(u))) for i, u in enumerate(batch)]
+        return [Result(u.name, by_name.get(w) or _missing(u)) for w, u in zip(wire, batch)]
 
     def _post_with_retries(self, files) -> requests.Response:
         delay = self.backoff
@@ -117,15 +136,36 @@ class EmbeddingClient:
                     )
                 if response.status_code == 404:
                     raise ServerError(f"TorchServe at {self.url} serves no model named {self.model!r}; pass --model")
-                if response.status_code not in RETRY_STATUSES:
+                worker_died = response.status_code >= 500 and WORKER_DIED in response.text
+                if response.status_code not in RETRY_STATUSES and not worker_died:
                     if response.status_code >= 500:
                         raise ServerError(f"TorchServe answered {response.status_code}: {response.text[:300]}")
                     return response
                 if attempt == self.retries:
+                    if worker_died:
+                        raise ServerError(
+                            f"TorchServe's model worker died on each of {self.retries + 1} tries of the same request "
+                            f"(last answer {response.status_code}). Look for the cause (out of memory?) in "
+                            "logs/model_log.log in the folder TorchServe was started from"
+                        )
                     raise ServerError(f"TorchServe kept answering {response.status_code}: {response.text[:300]}")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
+
+
+def _part_name(name: str) -> str:
+    """``name`` percent-encoded for the multipart part name, which TorchServe echoes back as "file".
+
+    TorchServe's multipart decoder turns ``:;=,`` and tabs into spaces and trims spaces at the
+    ends, so "a:b.jpg" and "a b.jpg" would arrive as one part; encoded, every name survives.
+    """
+    return quote(name, safe="/")
+
+
+def _too_large(upload: Upload, size: int) -> dict:
+    message = f"{size:,} bytes is over the server's request size limit (max_request_size in config.properties)"
+    return {"file": upload.name, "error": {"code": "too_large", "message": message}}
 
 
 def _missing(upload: Upload) -> dict:

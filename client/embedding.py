@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from client.api import EmbeddingClient, Upload
+from client.api import EmbeddingClient, ServerError, Upload
 from client.scan import ImageFile
 from client.store import EmbeddingStore, StoredImage, model_key
 
@@ -41,36 +41,51 @@ def embed_files(
         if first_file.keys() - done.items.keys() == set():
             store.remember_paths(model_key(identity), {f.sha256: str(f.path) for f in files})
             return done
-    missing = [first_file[sha] for sha in first_file if sha not in done.items]
+    by_name: dict[str, ImageFile] = {}
+    for f in (first_file[sha] for sha in first_file if sha not in done.items):
+        # a reference outside the folder may share its name with a folder file: keep the two apart
+        by_name[f.name if f.name not in by_name else f"{f.name}@{f.sha256[:12]}"] = f
+    missing = list(by_name)
     batches = [
-        [Upload(f.name, f.path) for f in missing[i : i + batch_size]] for i in range(0, len(missing), batch_size)
+        [Upload(name, by_name[name].path) for name in missing[i : i + batch_size]]
+        for i in range(0, len(missing), batch_size)
     ]
-    by_name = {f.name: f for f in missing}
     bar = tqdm(total=len(missing), unit="img", desc="embedding", file=sys.stderr, disable=not progress)
-    for results in client.embed_batches(batches):
-        new: list[StoredImage] = []
-        paths: dict[str, str] = {}
-        for result in results:
-            f = by_name[result.name]
-            if result.error:
-                done.errors[f.sha256] = result.error
-                tqdm.write(f"warning: {f.path}: {result.error['code']}: {result.error['message']}", file=sys.stderr)
-                continue
-            if done.identity != result.body["model"]:
-                _remember_model(done, result.body["model"], store, client)
-            item: StoredImage = {
-                "sha256": f.sha256,
-                "embedding": np.asarray(result.body["embedding"], dtype=np.float32),
-                "predictions": result.body["predictions"],
-            }
-            new.append(item)
-            paths[f.sha256] = str(f.path)
-            done.items[f.sha256] = item
-        if store and new:  # one transaction per request: a killed run keeps every finished batch
-            store.put_many(model_key(done.identity), done.identity, new, paths)
-        done.sent += len(results)
-        bar.update(len(results))
-    bar.close()
+    saved = 0
+    try:
+        for results in client.embed_batches(batches):
+            new: list[StoredImage] = []
+            paths: dict[str, str] = {}
+            for result in results:
+                f = by_name[result.name]
+                if result.error:
+                    done.errors[f.sha256] = result.error
+                    tqdm.write(f"warning: {f.path}: {result.error['code']}: {result.error['message']}", file=sys.stderr)
+                    continue
+                if done.identity != result.body["model"]:
+                    _remember_model(done, result.body["model"], store, client)
+                item: StoredImage = {
+                    "sha256": f.sha256,
+                    "embedding": np.asarray(result.body["embedding"], dtype=np.float32),
+                    "predictions": result.body["predictions"],
+                }
+                new.append(item)
+                paths[f.sha256] = str(f.path)
+                done.items[f.sha256] = item
+            if store and new:  # one transaction per request: a killed run keeps every finished batch
+                store.put_many(model_key(done.identity), done.identity, new, paths)
+                saved += len(new)
+            done.sent += len(results)
+            bar.update(len(results))
+    except ServerError as exc:
+        if saved:  # say that the work done so far is not lost, and how to go on
+            raise type(exc)(
+                f"{exc}\nThe {saved} images embedded before that are saved in the store: "
+                "rerun the same command to embed only the rest"
+            ) from None
+        raise
+    finally:
+        bar.close()
     if done.reused and done.identity != identity:
         # the server's model changed under us: what came from the store belonged to the old one
         return embed_files(files, client, store, batch_size, progress)

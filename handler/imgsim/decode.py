@@ -54,6 +54,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
+        kind = _signature(data)
+        if kind:  # PIL gives up on a damaged header (a bad IHDR checksum) the same way as on a PDF
+            raise DecodeError("corrupt_image", f"the data starts like a {kind} but its header is damaged") from None
         raise DecodeError(
             "unsupported_format", "not a JPEG, PNG, WebP, GIF, BMP or TIFF image", 415
         ) from None
@@ -69,6 +72,23 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise DecodeError("corrupt_image", f"the image declares a size of {width}x{height}")
     return image
+
+
+def _signature(data: bytes) -> str | None:
+    """The accepted format whose magic bytes ``data`` starts with, if any."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WebP"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if data.startswith(b"BM") and int.from_bytes(data[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
+        return "BMP"  # "BM" alone is too common a start for text: also require a known DIB header size
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

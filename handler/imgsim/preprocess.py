@@ -20,12 +20,19 @@ def crop_uint8(image: Image.Image, spec: ModelSpec) -> torch.Tensor:
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
-    if size != image.size:
-        image = image.resize(size, Image.BILINEAR)
     crop = spec.input_size
     left = int(round((size[0] - crop) / 2.0))
     top = int(round((size[1] - crop) / 2.0))
-    image = image.crop((left, top, left + crop, top + crop))
+    if size[0] * size[1] > 64 * spec.resize_size**2:
+        # extreme aspect ratio (a 1x60000 strip would resize to gigabytes): resize only
+        # the source box under the crop, on the same sampling grid
+        sx, sy = width / size[0], height / size[1]
+        box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+        image = image.resize((crop, crop), Image.BILINEAR, box=box)
+    else:
+        if size != image.size:
+            image = image.resize(size, Image.BILINEAR)
+        image = image.crop((left, top, left + crop, top + crop))
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 

@@ -1,0 +1,179 @@
+"""Fuzzing the decode path (bytes -> RGB image -> uint8 crop) with hypothesis, bounded in time.
+
+Whatever the bytes, ``decode_image`` + ``crop_uint8`` either give a (3, crop, crop)
+uint8 tensor or raise ``DecodeError``; never another exception, never a hang.
+Inputs are real encodings (every accepted format, and the awkward modes) mutated
+byte-wise, plus plain random bytes. CI runs a fixed, derandomised budget (about
+20 s on 2 cores); ``IMGSIM_FUZZ_EXAMPLES=20000`` fuzzes longer with fresh randomness.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
+from imgsim.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from imgsim.models import get_spec
+from imgsim.preprocess import crop_uint8
+from PIL import Image
+
+from tests.images import (
+    animated_gif, encode, exif_rotated_jpeg, palette_with_transparency, photo, sixteen_bit_png,
+)  # fmt: skip
+
+# hypothesis caches what it learns in ./.hypothesis; keep the checkout clean
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "imgsim-hypothesis")
+SPEC = get_spec("resnet18")
+EXAMPLES = int(os.environ.get("IMGSIM_FUZZ_EXAMPLES", "0"))  # 0: the fixed CI budget
+PER_EXAMPLE_S = 10.0  # far above the ~10 ms an example takes: only a real hang trips it
+
+
+class Hang(Exception):
+    """One example ran past PER_EXAMPLE_S."""
+
+
+def _seeds() -> dict[str, bytes]:
+    small = photo("cat.png").resize((48, 32))
+    seeds = {fmt: encode(small, fmt) for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")}
+    seeds["progressive_jpeg"] = encode(small, "JPEG", progressive=True)
+    seeds["rgba_png"] = encode(small.convert("RGBA"), "PNG")
+    seeds["cmyk_jpeg"] = encode(small.convert("CMYK"), "JPEG")
+    seeds["lossless_webp"] = encode(small, "WEBP", lossless=True)
+    seeds["deflate_tiff"] = encode(small, "TIFF", compression="tiff_adobe_deflate")
+    seeds["exif_jpeg"] = exif_rotated_jpeg()
+    exif = Image.Exif()
+    exif[0x0112] = 8  # EXIF orientation outside JPEG: PNG's eXIf chunk, WebP's EXIF chunk
+    seeds["exif_png"] = encode(small, "PNG", exif=exif)
+    seeds["exif_webp"] = encode(small, "WEBP", exif=exif)
+    seeds["two_page_tiff"] = encode(small, "TIFF", save_all=True, append_images=[small.rotate(90)])
+    seeds["animated_gif"] = animated_gif()
+    seeds["palette_png"] = palette_with_transparency()
+    seeds["sixteen_bit_png"] = sixteen_bit_png()
+    return seeds
+
+
+SEEDS = _seeds()
+
+
+@st.composite
+def mutated_images(draw) -> bytes:
+    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
+    for _ in range(draw(st.integers(1, 6))):
+        if not data:
+            break
+        # half the edits land in the first 64 bytes: headers and sizes are where parsers trip
+        end = len(data) if draw(st.booleans()) else min(64, len(data))
+        at = draw(st.integers(0, end - 1))
+        edit = draw(st.sampled_from(["flip", "byte", "insert", "delete", "truncate", "repeat"]))
+        if edit == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif edit == "byte":
+            data[at] = draw(st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF]))
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif edit == "delete":
+            del data[at : at + draw(st.integers(1, 16))]
+        elif edit == "truncate":
+            del data[at:]
+        else:
+            data[at:at] = data[at : at + draw(st.integers(1, 64))]
+    return bytes(data)
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raises Hang in Python code after ``seconds``; a hang inside C code ends the process loudly."""
+
+    def on_alarm(signum, frame):
+        raise Hang(f"one example ran over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(seconds * 3, exit=True)  # the alarm cannot interrupt C code
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def decode_and_crop(data: bytes) -> None:
+    """The property: a crop tensor or a DecodeError, within the time limit."""
+    with time_limit(PER_EXAMPLE_S), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns about corrupt EXIF; the outcome is what counts
+        try:
+            image = decode_image(data, DEFAULT_MAX_PIXELS, draft_side=SPEC.resize_size)
+        except DecodeError as error:
+            assert error.code and error.message and 400 <= error.status < 500
+            return
+        assert image.mode == "RGB" and min(image.size) >= 1
+        tensor = crop_uint8(image, SPEC)
+    assert tensor.dtype == torch.uint8 and tensor.shape == (3, SPEC.input_size, SPEC.input_size)
+
+
+def fuzz_settings(ci_examples: int):
+    return settings(
+        max_examples=EXAMPLES or ci_examples,
+        derandomize=not EXAMPLES,  # CI: the same examples every run, so a failure is never flaky
+        deadline=None,  # time is bounded by time_limit(), not by hypothesis' noisy per-example deadline
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+@fuzz_settings(1500)
+@given(mutated_images())
+def test_mutated_images_decode_or_raise_decode_error(data):
+    decode_and_crop(data)
+
+
+@fuzz_settings(300)
+@given(st.binary(max_size=4096))
+def test_random_bytes_decode_or_raise_decode_error(data):
+    decode_and_crop(data)
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_every_seed_decodes(name):
+    """The mutations start from images that really decode, so a rejection is the mutation's doing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = decode_image(SEEDS[name], draft_side=SPEC.resize_size)
+    assert crop_uint8(image, SPEC).shape == (3, SPEC.input_size, SPEC.input_size)
+
+
+def test_the_time_limit_stops_a_slow_example():
+    started = time.monotonic()
+    with pytest.raises(Hang), time_limit(0.2):
+        while True:
+            pass
+    assert time.monotonic() - started < 5
+
+
+def test_an_extreme_aspect_ratio_does_not_make_a_huge_intermediate(monkeypatch):
+    """A 1 x 60000 PNG is ~1 KB and under the pixel limit; resizing all of it to a 256-pixel
+    short side would be a 256 x 15,360,000 image (11.8 GB). Preprocessing must only ever
+    build what the crop needs."""
+    limit = 4 * SPEC.resize_size * SPEC.resize_size * 16  # generous: any sane intermediate fits
+    real_resize = Image.Image.resize
+
+    def bounded_resize(self, size, *args, **kwargs):
+        assert size[0] * size[1] <= limit, f"preprocessing asked PIL for a {size[0]}x{size[1]} image"
+        return real_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", bounded_resize)
+    for size in [(1, 60000), (60000, 1), (3, 20000)]:
+        image = decode_image(encode(Image.new("RGB", size, (10, 200, 30)), "PNG"))
+        assert crop_uint8(image, SPEC).shape == (3, SPEC.input_size, SPEC.input_size)
