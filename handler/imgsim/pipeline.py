@@ -87,6 +87,9 @@ class Pipeline:
         kind = config.engine if device.type == "cpu" else "eager"  # ONNX Runtime here is CPU-only
         self.engine = make_engine(kind, model, spec, device, config.precision)
         self._decoders = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1, "imgsim-decode")
+        # the engine sizes its buffers on the first large batches; do it now, not on users' time
+        side = spec.input_size
+        self.engine(torch.zeros(config.max_images_per_request, 3, side, side))
 
     @classmethod
     def from_archive(cls, model_dir: Path, device: torch.device, config: PipelineConfig) -> "Pipeline":
