@@ -49,6 +49,17 @@ def server(tmp_path_factory, model_store):
     ts.stop()
 
 
+def stored_count(store: Path) -> int:
+    """Rows in a SQLite store, read-only, 0 while it does not exist yet (another process writes it)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            return db.execute("SELECT count(*) FROM images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def png_bytes(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG")

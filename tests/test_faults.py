@@ -26,7 +26,7 @@ from PIL import Image
 
 from bench.load_test import run_load
 from client.api import EmbeddingClient, ServerError, Upload
-from tests.conftest import IMAGES, LITE, REPO
+from tests.conftest import IMAGES, LITE, REPO, stored_count
 from tests.server import TorchServe
 
 FOLDER_SIZE = 200
@@ -57,14 +57,6 @@ def rank_command(server, folder: Path, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "client" / "rank.py"), "--url", server.url, "--model", LITE,
             "--token-file", str(server.key_file), "--quiet", "--images_folder", str(folder),
             "--ref_image", "000_astronaut.jpg", "--format", "json", *args]  # fmt: skip
-
-
-def stored(store: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-            return db.execute("SELECT count(*) FROM images").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -107,7 +99,7 @@ def test_a_killed_worker_is_restarted_and_the_ranking_equals_a_clean_runs(own_se
         rank_command(own_server, folder, "--store", str(store), "--batch-size", "8", "--concurrency", "2"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    wait_for(lambda: stored(store) >= 40 or process.poll() is not None, 300, "40 stored images")
+    wait_for(lambda: stored_count(store) >= 40 or process.poll() is not None, 300, "40 stored images")
     assert process.poll() is None, "the run finished before the worker could be killed"
     victims = own_server.worker_pids()
     assert victims
@@ -268,14 +260,14 @@ def test_stopping_torchserve_midway_ends_the_run_with_a_clear_message_and_keeps_
         command = rank_command(doomed, folder, "--store", str(store), "--batch-size", "4", "--concurrency", "1",
                                "--retries", "2")  # fmt: skip
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: stored(store) >= 20 or process.poll() is not None, 300, "20 stored images")
+        wait_for(lambda: stored_count(store) >= 20 or process.poll() is not None, 300, "20 stored images")
         assert process.poll() is None, "the run finished before the server could be stopped"
     finally:
         doomed.stop()
     out, err = process.communicate(timeout=300)
     assert process.returncode == 2, err
     assert "Traceback" not in err and out == ""
-    kept = stored(store)
+    kept = stored_count(store)
     assert 20 <= kept < FOLDER_SIZE
     [message] = [line for line in err.splitlines() if line.startswith("rank.py: ")]
     assert f"TorchServe at {doomed.url}" in message or "TorchServe answered" in message, err

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import rendered_images
-from tests.conftest import IMAGES, LITE, REPO
+from tests.conftest import IMAGES, LITE, REPO, stored_count
 from tests.server import free_port
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
@@ -153,24 +153,16 @@ def test_killed_run_leaves_a_sound_store_and_the_rerun_embeds_only_the_rest(serv
     stored = 0
     while time.monotonic() < deadline and stored < 20:
         time.sleep(0.2)
-        stored = _count(store)
+        stored = stored_count(store)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 20 <= stored < 121, "the run finished before it could be killed"
     with sqlite3.connect(store) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    kept = _count(store)
+    kept = stored_count(store)
     result = rank(server, "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store", str(store))
     assert result.returncode == 0, result.stderr
     assert f"sent {121 - kept} to the server, reused {kept}" in result.stderr
-
-
-def _count(store: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-            return db.execute("SELECT count(*) FROM images").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def test_postgres_store_behaves_the_same(server, tmp_path, pg_url):
