@@ -29,6 +29,14 @@ def test_exif_orientation_is_applied():
     assert image.size == (32, 64)
 
 
+def test_a_damaged_exif_block_keeps_the_image_as_stored():
+    """Found by the fuzzer: a WebP whose EXIF chunk is not TIFF data made exif_transpose raise."""
+    small = photo("cat.png").resize((48, 32))
+    data = encode(small, "WEBP", exif=b"LM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03" + b"\x00" * 12)
+    image = decode_image(data)
+    assert image.size == (48, 32) and image.mode == "RGB"
+
+
 def test_transparency_is_composited_over_white():
     rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
     image = decode_image(encode(rgba, "PNG"))

@@ -47,7 +47,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: 
         raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         raise DecodeError("corrupt_image", f"the {image.format} data is damaged or truncated ({exc})") from None
-    return to_rgb(ImageOps.exif_transpose(image))
+    return to_rgb(_upright(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """EXIF orientation applied. Damaged EXIF is metadata, not pixels: the image is kept as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # PIL raises SyntaxError, ValueError, struct.error... on a broken EXIF block
+        return image
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
