@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tarfile
 import zlib
 
 from PIL import Image
@@ -21,6 +22,19 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **options)
     return buf.getvalue()
+
+
+def tar_of(files: dict[str, bytes], fmt: int = tarfile.PAX_FORMAT, extra=(), global_headers=None) -> bytes:
+    """A tar request body, as client/ sends and ``tar cf -`` makes; ``extra`` members (folders...) first."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt, pax_headers=global_headers) as archive:
+        for info in extra:
+            archive.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

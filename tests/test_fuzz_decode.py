@@ -1,4 +1,4 @@
-"""Fuzzing the decode path (bytes -> RGB image -> uint8 crop) with hypothesis, bounded in time.
+"""Fuzzing the decode path (bytes -> RGB image -> uint8 crop) and tar request bodies with hypothesis, bounded in time.
 
 Whatever the bytes, ``decode_image`` + ``crop_uint8`` either give a (3, crop, crop)
 uint8 tensor or raise ``DecodeError``; never another exception, never a hang.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import tarfile
 import tempfile
 import time
 import warnings
@@ -25,11 +26,12 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from imgsim.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from imgsim.models import get_spec
+from imgsim.payload import parse_request
 from imgsim.preprocess import crop_uint8
 from PIL import Image
 
 from tests.images import (
-    animated_gif, encode, exif_rotated_jpeg, palette_with_transparency, photo, sixteen_bit_png,
+    animated_gif, encode, exif_rotated_jpeg, palette_with_transparency, photo, sixteen_bit_png, tar_of,
 )  # fmt: skip
 
 # hypothesis caches what it learns in ./.hypothesis; keep the checkout clean
@@ -66,9 +68,25 @@ def _seeds() -> dict[str, bytes]:
 SEEDS = _seeds()
 
 
+def _tar_seeds() -> dict[str, bytes]:
+    folder = tarfile.TarInfo("photos")
+    folder.type = tarfile.DIRTYPE
+    link = tarfile.TarInfo("photos/link.jpg")
+    link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
+    files = {"photos/a.jpg": SEEDS["JPEG"], "photos/" + "long/" * 25 + "b.png": SEEDS["PNG"]}
+    return {
+        "pax": tar_of(files, extra=[folder, link], global_headers={"comment": "x"}),
+        "gnu": tar_of(files, tarfile.GNU_FORMAT, extra=[folder, link]),
+        "ustar": tar_of({"a.jpg": SEEDS["JPEG"], "b.gif": SEEDS["GIF"]}, tarfile.USTAR_FORMAT),
+    }
+
+
+TAR_SEEDS = _tar_seeds()
+
+
 @st.composite
-def mutated_images(draw) -> bytes:
-    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
+def mutated(draw, seeds: dict[str, bytes]) -> bytes:
+    data = bytearray(seeds[draw(st.sampled_from(sorted(seeds)))])
     for _ in range(draw(st.integers(1, 6))):
         if not data:
             break
@@ -134,7 +152,7 @@ def fuzz_settings(ci_examples: int):
 
 
 @fuzz_settings(1500)
-@given(mutated_images())
+@given(mutated(SEEDS))
 def test_mutated_images_decode_or_raise_decode_error(data):
     decode_and_crop(data)
 
@@ -143,6 +161,30 @@ def test_mutated_images_decode_or_raise_decode_error(data):
 @given(st.binary(max_size=4096))
 def test_random_bytes_decode_or_raise_decode_error(data):
     decode_and_crop(data)
+
+
+@fuzz_settings(1000)
+@given(mutated(TAR_SEEDS))
+def test_mutated_tar_bodies_give_named_images_or_reasons(data):
+    """Whatever the archive, a request error or a list of members, each with bytes from the body
+    or a reason; never another exception, never more than the limit."""
+    with time_limit(PER_EXAMPLE_S):
+        parsed = parse_request({"body": data}, max_images=64)
+    if parsed.error is not None:
+        assert parsed.error.code and parsed.error.message and 400 <= parsed.error.status < 500
+    elif parsed.single:  # the mutation removed the tar magic: one raw image, as sent
+        assert [image.data for image in parsed.images] == [data]
+    else:
+        assert 1 <= len(parsed.images) <= 64
+        for image in parsed.images:
+            assert len(image.data) <= len(data)
+            assert image.error is None or (image.error.code and image.error.message and not image.data)
+
+
+@pytest.mark.parametrize("name", sorted(TAR_SEEDS))
+def test_every_tar_seed_reads_its_two_images(name):
+    images = parse_request({"body": TAR_SEEDS[name]}, max_images=64).images
+    assert [i.data for i in images if i.error is None] == [SEEDS["JPEG"], SEEDS["PNG" if name != "ustar" else "GIF"]]
 
 
 @pytest.mark.parametrize("name", sorted(SEEDS))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
+import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,11 +19,11 @@ from imgsim.models import get_spec, load_model
 from imgsim.preprocess import crop_uint8, normalize
 
 from tests.conftest import IMAGES, LITE, RESNET
-from tests.images import encode, photo
+from tests.images import encode, photo, tar_of
 
 
-def post(server, model, **kwargs) -> requests.Response:
-    return requests.post(server.predict_url(model), headers=server.headers(), timeout=120, **kwargs)
+def post(server, model, headers: dict | None = None, **kwargs) -> requests.Response:
+    return requests.post(server.predict_url(model), headers={**server.headers(), **(headers or {})}, timeout=120, **kwargs)
 
 
 def multipart(names: list[str]) -> list[tuple[str, tuple[str, bytes]]]:
@@ -90,6 +93,41 @@ def test_corrupt_image_beside_good_ones(server):
     assert "embedding" in cat and "embedding" in coffee
     assert broken["file"] == "broken.jpg" and broken["error"]["code"] in ("corrupt_image", "unsupported_format")
     assert broken["error"]["message"]
+
+
+def test_a_tar_of_a_folder_made_by_gnu_tar_answers_each_file_in_order(server, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("temple.jpg", "cat.png", "coffee.jpg"):
+        shutil.copy(IMAGES / name, folder / name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    os.symlink("cat.png", folder / "link.png")
+    names = ["broken.jpg", "cat.png", "coffee.jpg", "link.png", "temple.jpg"]
+    body = subprocess.run(["tar", "cf", "-", "--sort=name", "-C", str(folder), *names], check=True, capture_output=True).stdout
+    response = post(server, LITE, data=body, headers={"Content-Type": "application/x-tar"})
+    assert response.status_code == 200, response.text[:300]
+    items = response.json()
+    assert [item["file"] for item in items] == names
+    assert items[0]["error"]["code"] in ("corrupt_image", "unsupported_format")
+    assert items[3]["error"]["code"] == "not_a_file" and "link" in items[3]["error"]["message"]
+    for name, item in zip(names, items):
+        if name in ("cat.png", "coffee.jpg", "temple.jpg"):
+            alone = post(server, LITE, data=(IMAGES / name).read_bytes()).json()
+            assert cosine(item["embedding"], alone["embedding"]) > 0.9999, name
+
+
+def test_a_damaged_tar_keeps_the_members_before_the_damage(server):
+    body = bytearray(tar_of({"cat.png": (IMAGES / "cat.png").read_bytes(), "tent.jpg": (IMAGES / "tent.jpg").read_bytes()}))
+    second_header = 512 + -(-(IMAGES / "cat.png").stat().st_size // 512) * 512
+    body[second_header + 3] ^= 0xFF
+    response = post(server, LITE, data=bytes(body))
+    cat, damage = response.json()
+    assert response.status_code == 200 and cat["file"] == "cat.png" and len(cat["embedding"]) == 1280
+    assert damage["error"]["code"] == "invalid_tar" and f"byte {second_header:,}" in damage["error"]["message"]
+    first = bytearray(body)
+    first[3] ^= 0xFF
+    refused = post(server, LITE, data=bytes(first))
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_tar"
 
 
 def test_single_bad_image_gets_a_4xx_with_the_reason(server):

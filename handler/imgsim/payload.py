@@ -1,7 +1,9 @@
 """One HTTP request's inputs to a list of named images, in the order sent.
 
-Three shapes arrive (as TorchServe hands them over: a mapping of part name to value):
+Four shapes arrive (as TorchServe hands them over: a mapping of part name to value):
 - a raw body (``curl -T cat.png``): one part named ``body``; answered with one object;
+- a raw body that is a tar archive of images (``tar cf - *.jpg | curl --data-binary @- ...``),
+  what client/ sends: answered with a list, one entry per file member, named as in the archive;
 - multipart form data: one part per image, named by its form field; answered with a list;
 - JSON ``{"images": ["<base64>" | {"name": ..., "data": "<base64>"}, ...]}``; answered with a list.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .decode import DecodeError
+from .tarball import TarError, looks_like_tar, read_members
 
 RAW_BODY_PART = "body"
 
@@ -34,11 +37,14 @@ class ParsedRequest:
 
 
 def parse_request(parts: Mapping[str, Any], max_images: int) -> ParsedRequest:
-    document = _as_json_document(next(iter(parts.values()))) if len(parts) == 1 else None
-    if document is not None:
+    raw = _as_bytes(parts[RAW_BODY_PART]) if len(parts) == 1 and RAW_BODY_PART in parts else None
+    document = _as_json_document(next(iter(parts.values()))) if len(parts) == 1 and not _is_tar(raw) else None
+    if _is_tar(raw):
+        parsed = _from_tar(raw, max_images)
+    elif document is not None:
         parsed = _from_json(document)
-    elif len(parts) == 1 and RAW_BODY_PART in parts:
-        return ParsedRequest([ImageInput(None, _as_bytes(parts[RAW_BODY_PART]))], single=True)
+    elif raw is not None:
+        return ParsedRequest([ImageInput(None, raw)], single=True)
     else:
         parsed = ParsedRequest([ImageInput(name, _as_bytes(value)) for name, value in parts.items()])
     if parsed.error is None and len(parsed.images) > max_images:
@@ -52,6 +58,20 @@ def parse_request(parts: Mapping[str, Any], max_images: int) -> ParsedRequest:
     if parsed.error is None and not parsed.images:
         parsed.error = DecodeError("no_images", "the request carries no image")
     return parsed
+
+
+def _is_tar(raw: bytes | None) -> bool:
+    return raw is not None and looks_like_tar(raw)
+
+
+def _from_tar(body: bytes, max_images: int) -> ParsedRequest:
+    try:
+        members = read_members(body, limit=max_images)
+    except TarError as exc:
+        return ParsedRequest(error=DecodeError("invalid_tar", str(exc)))
+    return ParsedRequest([
+        ImageInput(m.name, m.data, DecodeError(m.code, m.error) if m.error else None) for m in members
+    ])  # fmt: skip
 
 
 def _as_bytes(value: Any) -> bytes:
