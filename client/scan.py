@@ -13,7 +13,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".
 @dataclass(frozen=True)
 class ImageFile:
     path: Path
-    name: str  # path relative to the folder: unique in a run, sent as the multipart part name
+    name: str  # path relative to the folder: unique in a run, sent as the tar member name
     sha256: str
     size: int
 

@@ -198,9 +198,9 @@ def rank_json(server, folder: Path, reference: Path) -> tuple[dict, str]:
     return {row["file"]: row for row in json.loads(result.stdout)}, result.stderr
 
 
-def test_file_names_the_multipart_decoder_would_merge_keep_their_own_results(server, tmp_path):
-    """TorchServe turns ':;=,' and tabs in part names into spaces and trims spaces: unencoded,
-    "a:b.jpg" and "a b.jpg" would arrive as one part and one file would get the other's vector."""
+def test_file_names_a_multipart_body_would_merge_keep_their_own_results(server, tmp_path):
+    """TorchServe turns ':;=,' and tabs in multipart part names into spaces and trims spaces, so
+    "a:b.jpg" and "a b.jpg" would arrive as one part; the client's tar bodies keep every name."""
     folder = tmp_path / "names"
     folder.mkdir()
     photos = ["coffee.jpg", "guitar.jpg", "puppy.jpg", "temple.jpg", "black_cat.jpg", "tent.jpg", "rocket.jpg"]
