@@ -9,21 +9,23 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as `python client/rank.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pandas as pd  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from client import report  # noqa: E402
 from client.api import ServerError  # noqa: E402
-from client.cli import STORE_NAME, add_common_args, check_common_args, make_client, render, write_out  # noqa: E402
+from client.cli import STORE_NAME, add_common_args, check_common_args, make_client, preload, render, write_out  # noqa: E402
 from client.embedding import Embedded, embed_files  # noqa: E402
 from client.metrics import METRICS, Metric, get_metric  # noqa: E402
-from client.ranking import COLUMNS, rank_files, rank_stored  # noqa: E402
 from client.scan import candidate_files, describe  # noqa: E402
 from client.store import StoreError, model_key, open_store  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# needed once the embeddings are in; imported meanwhile (see cli.preload)
+LATER = ("pandas", "tabulate", "client.ranking")
 
 EXAMPLES = f"""examples:
   python client/rank.py                                   # images/ against images/cat.png
@@ -79,6 +81,8 @@ def header(metric: Metric) -> str:
 
 
 def emit(frame: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> None:
+    from tabulate import tabulate
+
     top = frame[frame["rank"].notna()].head(args.top_k)
     rows = [[r["rank"], r["file"], f"{r['score']:.4f}", r["label"], f"{r['probability']:.3f}",
              f"same bytes as {r['duplicate_of']}" if r["duplicate_of"] else ""] for _, r in top.iterrows()]  # fmt: skip
@@ -87,6 +91,8 @@ def emit(frame: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> None:
 
 
 def write_html(path: Path, reference: Path, ref_item: dict, frame: pd.DataFrame, metric: Metric, k: int) -> None:
+    from client import report
+
     top = frame[frame["rank"].notna()].head(k)
     ref_card = report.Card(reference, reference.name, [ref_item["predictions"][0]["label"]], reference=True)
     cards = [
@@ -122,9 +128,11 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
     images, others = candidate_files(folder, args.recursive) if folder else ([], [])
     reference = describe(reference_path, folder)
     files = [describe(path, folder) for path in images]
+    preload(*LATER)
     embedded: Embedded = embed_files(
         files + [reference], client, store, args.batch_size, progress=not args.quiet
     )
+    from client.ranking import COLUMNS, rank_files, rank_stored
     if reference.sha256 not in embedded.items:
         error = embedded.errors.get(reference.sha256, {"code": "?", "message": "no result"})
         print(f"rank.py: the reference {reference_path} cannot be used: {error['message']}", file=sys.stderr)
