@@ -39,6 +39,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Rescoring a few more candidates than asked for absorbs float32 rounding in the
 # fast candidate scan (and the approximation of an HNSW walk) at the boundary.
 _EXTRA_CANDIDATES = 16
+# The smallest HNSW candidate list a pgvector walk keeps (hnsw.ef_search; pgvector's default is 40):
+# below 100, exact top-1 on random data starts to slip (tests/test_store.py).
+_EF_SEARCH_FLOOR = 100
 
 
 class ModelIdentity(TypedDict):
@@ -733,7 +736,11 @@ class PostgresStore(EmbeddingStore):
                 _check_version(row[0] if row else None, f"store {self._where}")
         register_vector(self._conn)
         version = self._one("SELECT extversion FROM pg_extension WHERE extname = 'vector'")[0]
-        self._iterative_scan = tuple(int(p) for p in version.split(".")[:2]) >= (0, 8)
+        if tuple(int(p) for p in version.split(".")[:2]) >= (0, 8):
+            # an iterative scan keeps walking the index when the exclude filter drops rows,
+            # instead of returning fewer than asked
+            self._conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', false)")
+        self._ef_search = ""
 
     def _one(self, query: Any, params: Sequence[Any] = ()) -> tuple[Any, ...]:
         """The single row a query always returns."""
@@ -927,13 +934,13 @@ class PostgresStore(EmbeddingStore):
             statement = sql.SQL(
                 "SELECT sha256, embedding FROM {} {} ORDER BY embedding {} %(query)s LIMIT %(want)s"
             ).format(table, where, sql.SQL(_PG_OPERATORS[metric.name]))
-            with self._conn.transaction(), self._conn.cursor(binary=True) as cursor:
-                # ef_search bounds how many rows one HNSW walk can return and sets its
-                # recall; an iterative scan (pgvector 0.8+) keeps walking when the
-                # exclude filter drops rows, instead of returning fewer than asked.
-                cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(1000, max(100, 2 * want))),))
-                if self._iterative_scan:
-                    cursor.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+            # ef_search bounds how many rows one HNSW walk can return and sets its recall.
+            # A session setting, changed only when it must: a query is then one round trip.
+            ef_search = str(min(1000, max(_EF_SEARCH_FLOOR, 2 * want)))
+            with self._conn.cursor(binary=True) as cursor:
+                if ef_search != self._ef_search:
+                    cursor.execute("SELECT set_config('hnsw.ef_search', %s, false)", (ef_search,))
+                    self._ef_search = ef_search
                 rows = cursor.execute(statement, {"exclude": list(exclude), "query": query, "want": want}).fetchall()
         if not rows:
             return empty
