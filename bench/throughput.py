@@ -1,6 +1,6 @@
 """Throughput of the whole service on this machine, every figure from one run.
 
-    .venv/bin/python bench/throughput.py                # ~10 minutes on 2 cores; appends to docs/BENCHMARKS.md
+    .venv/bin/python bench/throughput.py                # ~15 minutes on 2 cores; appends to docs/BENCHMARKS.md
 
 Measures, on a corpus of real photos cropped and rescaled to 2-6 MP JPEGs (made here,
 never committed):
@@ -11,7 +11,10 @@ never committed):
   (c) end to end, cold: TorchServe started by serve.sh as the README says, then the
       whole `python client/rank.py` command on the corpus with an empty store;
   (d) the same command again with the store filled;
-  (e) top-10 query time over 100k and 1M stored vectors in SQLite, 100k in pgvector.
+  (e) top-10 query time over 100k and 1M stored vectors in SQLite, 100k in pgvector;
+and the bf16 mode that config/model-config.yaml offers: its (b), its (c), and the
+cosine of its embeddings against fp32 over the corpus. For (c) it also counts the CPU
+seconds of the TorchServe worker, the Java frontend and the client, which share the cores.
 ResNet18 timings use random weights (the published ones cannot be downloaded here;
 speed does not depend on the values).
 """
@@ -23,6 +26,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -123,9 +127,11 @@ def wall(command: list[str], **kwargs) -> tuple[float, int, subprocess.Completed
     return seconds, peak, result
 
 
-def build_archive(arch: str, store: Path, weights: Path | None) -> str:
-    name = f"{arch}-embed"
-    args = [str(REPO / "build_mar.sh"), "--arch", arch, "--out", str(store)]
+def build_archive(arch: str, store: Path, weights: Path | None, config: Path | None = None, name: str = "") -> str:
+    name = name or f"{arch}-embed"
+    args = [str(REPO / "build_mar.sh"), "--arch", arch, "--out", str(store), "--name", name]
+    if config:
+        args += ["--config", str(config)]
     if weights:
         args += ["--weights", str(weights), "--allow-unverified-weights"]
     subprocess.run(args, check=True, env=_env(), capture_output=True)
@@ -167,6 +173,32 @@ def in_process(model_dir: Path, files: list[Path], batch_sizes: list[int]) -> tu
     return rates, model_rate, {"engine": config.engine, "precision": config.precision, "best_batch": best}
 
 
+def cosines(fp32_dir: Path, other_dir: Path, files: list[Path], batch: int = 32) -> np.ndarray:
+    """Per photo of the corpus, the cosine between the embeddings of two unpacked archives."""
+    from imgsim.pipeline import Pipeline, PipelineConfig
+
+    vectors = []
+    for model_dir in (fp32_dir, other_dir):
+        settings = yaml.safe_load(next(model_dir.glob("*.yaml")).read_text())
+        pipeline = Pipeline.from_archive(model_dir, torch.device("cpu"), PipelineConfig.from_mapping(settings["handler"]))
+        rows = []
+        for i in range(0, len(files), batch):
+            reply = pipeline([{f.name: f.read_bytes() for f in files[i : i + batch]}])[0]
+            rows += [item["embedding"] for item in json.loads(reply.body)]
+        vectors.append(np.asarray(rows, dtype=np.float64))
+    a, b = vectors
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def bf16_config(work: Path) -> Path:
+    """config/model-config.yaml with the bf16 mode it documents switched on."""
+    settings = yaml.safe_load((REPO / "config" / "model-config.yaml").read_text())
+    settings["handler"].update(engine="eager", precision="bf16")
+    path = work / "model-config-bf16.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
 def served(model_store: Path, model: str, files: list[Path], workdir: Path, batch: int, concurrency: int) -> dict:
     """(c) and (d): the README's commands, timed whole, with peak RSS of workers and client."""
     env = _env()
@@ -175,12 +207,18 @@ def served(model_store: Path, model: str, files: list[Path], workdir: Path, batc
                    cwd=workdir, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
     try:
         _wait_serving(workdir, model)
-        store = workdir / "store.sqlite"
+        store = workdir / f"store-{model}.sqlite"
         command = [sys.executable, str(REPO / "client" / "rank.py"), "--images_folder", str(files[0].parent),
                    "--ref_image", files[0].name, "--model", model, "--store", str(store), "--quiet",
                    "--token-file", str(workdir / "key_file.json"), "--batch-size", str(batch),
                    "--concurrency", str(concurrency)]  # fmt: skip
+        server = [p for p in psutil.process_iter(["cmdline", "environ"]) if _serves(p, workdir)]
+        before, children = [_cpu(p) for p in server], _children_cpu()
         cold, cold_rss, result = wall(command, cwd=workdir)
+        cpu = {"client": _children_cpu() - children}
+        for process, start in zip(server, before):
+            role = "worker" if _is_worker(process, workdir) else "frontend"
+            cpu[role] = cpu.get(role, 0.0) + _cpu(process) - start
         assert f"sent {len(files)} to the server" in result.stderr, result.stderr
         warm, warm_rss, result = wall(command, cwd=workdir)
         assert "sent 0 to the server" in result.stderr, result.stderr
@@ -188,16 +226,37 @@ def served(model_store: Path, model: str, files: list[Path], workdir: Path, batc
         worker_peak = max(_peak_rss(p.pid) for p in workers)
     finally:
         subprocess.run(["torchserve", "--stop"], cwd=workdir, env=env, capture_output=True, timeout=120)
-    return {"cold_s": cold, "warm_s": warm, "client_peak_rss": max(cold_rss, warm_rss), "worker_peak_rss": worker_peak}
+    return {"cold_s": cold, "warm_s": warm, "client_peak_rss": max(cold_rss, warm_rss), "worker_peak_rss": worker_peak,
+            "cold_cpu": cpu}  # fmt: skip
 
 
-def _is_worker(process: psutil.Process, workdir: Path) -> bool:
+def _serves(process: psutil.Process, workdir: Path) -> bool:
+    """A TorchServe process (the Java frontend or a Python worker) started for ``workdir``."""
     try:
-        return "ts/model_service_worker.py" in " ".join(process.info["cmdline"] or []) and (
-            (process.info["environ"] or {}).get("TMPDIR") == str(workdir)
+        return (process.info["environ"] or {}).get("TMPDIR") == str(workdir) and any(
+            part in " ".join(process.info["cmdline"] or []) for part in ("ts/model_service_worker.py", "ModelServer")
         )
     except (psutil.Error, TypeError):
         return False
+
+
+def _is_worker(process: psutil.Process, workdir: Path) -> bool:
+    return _serves(process, workdir) and "ts/model_service_worker.py" in " ".join(process.info["cmdline"] or [])
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _cpu_row(cpu: dict) -> str:
+    return " / ".join(f"{cpu.get(role, 0.0):.2f}" for role in ("worker", "frontend", "client"))
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the finished children of this process (the client runs as one)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss(pid: int) -> int:
@@ -286,6 +345,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=3, help="rank.py's default")
     parser.add_argument("--store-sizes", default="100000,1000000")
     parser.add_argument("--pg-size", type=int, default=100_000, help="0 skips pgvector")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 mode's (b), (c) and cosine")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
     files = make_corpus(args.images)
@@ -313,6 +373,16 @@ def main() -> int:
     print("(c, d) TorchServe + rank.py ...", file=sys.stderr)
     run = served(model_store, model, files, work, args.client_batch, args.concurrency)
     c, d = len(files) / run["cold_s"], len(files) / run["warm_s"]
+    half = None
+    if not args.no_bf16:
+        print("bf16 mode: (b), (c) and embedding cosine vs fp32 ...", file=sys.stderr)
+        half_model = build_archive(args.arch, model_store, weights, bf16_config(work), f"{model}-bf16")
+        half_dir = work / "unpacked-bf16"
+        zipfile.ZipFile(model_store / f"{half_model}.mar").extractall(half_dir)
+        half_rates, _, half_engine = in_process(half_dir, files, [engine["best_batch"]])
+        half_run = served(model_store, half_model, files, work, args.client_batch, args.concurrency)
+        half = {"b": max(half_rates.values()), "c": len(files) / half_run["cold_s"], "run": half_run,
+                "engine": half_engine, "cosine": cosines(model_dir, half_dir, files)}  # fmt: skip
     print("(e) store queries ...", file=sys.stderr)
     e = store_queries([int(s) for s in args.store_sizes.split(",")], args.pg_size)
     shutil.rmtree(work, ignore_errors=True)
@@ -325,9 +395,19 @@ def main() -> int:
         ("(b-model) model stage alone", f"{model_rate:.1f} img/s", f"{gflops:.0f} GFLOP/s"),
         ("(c) cold: TorchServe + `python client/rank.py`, empty store", f"{c:.1f} img/s",
          f"{run['cold_s']:.1f} s for {len(files)} images, process start included"),
+        ("(c) CPU seconds in the cold run: worker / frontend (Java) / client", _cpu_row(run["cold_cpu"]),
+         f"of {run['cold_s'] * os.cpu_count():.1f} core-seconds in that time"),
         ("(d) warm: the same command, store filled", f"{d:.1f} img/s", f"{run['warm_s']:.2f} s"),
         *[(f"(e) top-10 query, {k.replace('_', ', ')} vectors", f"{v:.1f} ms", "median of 20, store open")
           for k, v in e.items()],
+        *([] if half is None else [
+            (f"(b) bf16 mode ({half['engine']['engine']} bf16) in process, batch {half['engine']['best_batch']}",
+             f"{half['b']:.1f} img/s", ""),
+            ("(c) bf16 mode, cold", f"{half['c']:.1f} img/s", f"{half['run']['cold_s']:.1f} s; CPU s "
+             + _cpu_row(half["run"]["cold_cpu"])),
+            ("bf16 embedding cosine vs fp32, over the corpus", f"min {half['cosine'].min():.5f}",
+             f"mean {half['cosine'].mean():.6f}, {len(half['cosine'])} photos"),
+        ]),
         ("peak RSS: TorchServe worker / client", f"{run['worker_peak_rss'] / 2**20:.0f} MiB / "
          f"{run['client_peak_rss'] / 2**20:.0f} MiB", ""),
     ]  # fmt: skip
@@ -336,6 +416,11 @@ def main() -> int:
         ("(c) / (b), target >= 0.8", f"{c / b:.2f}"),
         ("(b-model), target >= 100 img/s (70% of fp32 peak) for resnet18", f"{model_rate:.1f}"),
         ("(c) time / (d) time, target >= 5", f"{run['cold_s'] / run['warm_s']:.1f}"),
+        *([] if half is None else [
+            ("bf16 mode: (c) / (a), target >= 3", f"{half['c'] / a:.2f}" if a else "n/a"),
+            ("bf16 mode: (c) / (b), target >= 0.8", f"{half['c'] / half['b']:.2f}"),
+            ("bf16 mode: min embedding cosine vs fp32, target >= 0.999", f"{half['cosine'].min():.5f}"),
+        ]),
     ]
     table = "| measurement | result | detail |\n| --- | --- | --- |\n" + "".join(f"| {m} | {r} | {x} |\n" for m, r, x in rows)
     table += "\n| ratio | value |\n| --- | --- |\n" + "".join(f"| {m} | {v} |\n" for m, v in ratios)
