@@ -141,6 +141,19 @@ def test_resnet18_archive_serves_512_d_vectors_identified_by_its_weights(model_s
     assert result["model"]["weights_sha256"] == sha256_file(resnet18_test_weights)
 
 
+def test_a_lower_precision_archive_has_its_own_identity(model_store, tmp_path):
+    from imgsim.pipeline import Pipeline, PipelineConfig
+
+    model_dir = unpack(model_store / f"{LITE}.mar", tmp_path / "lite")
+    cpu = torch.device("cpu")
+    fp32 = Pipeline.from_archive(model_dir, cpu, PipelineConfig(engine="eager"))
+    bf16 = Pipeline.from_archive(model_dir, cpu, PipelineConfig(engine="eager", precision="bf16"))
+    assert bf16.identity == {**fp32.identity, "handler_version": fp32.identity["handler_version"] + "+bf16"}
+    image = encode(photo("cat.png"), "JPEG")
+    replies = [json.loads(p([{"body": image}])[0].body)["model"] for p in (fp32, bf16)]
+    assert replies == [fp32.identity, bf16.identity]
+
+
 @pytest.mark.parametrize(
     "parts, expected",
     [

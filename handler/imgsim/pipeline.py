@@ -101,7 +101,8 @@ class Pipeline:
             "architecture": spec.name,
             "weights_sha256": stored["weights_sha256"],
             "embedding_dim": spec.feature_dim,
-            "handler_version": HANDLER_VERSION,
+            # bf16 vectors differ from fp32 ones (cosine ~0.99999): a store must not mix them
+            "handler_version": HANDLER_VERSION if config.precision == "fp32" else f"{HANDLER_VERSION}+{config.precision}",
         }
         labels = json.loads((model_dir / LABELS_FILE).read_text())
         model = load_model(spec, model_dir / stored["weights_file"], device)
