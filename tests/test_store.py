@@ -274,6 +274,51 @@ def test_postgres_top1_equals_exact_top1_on_random_data(pg_url: str) -> None:
             assert store.search(model_key(identity), query, k=10)[0][0] == sha(exact)
 
 
+def fresh_database(pg_url: str) -> str:
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return urlsplit(pg_url)._replace(path=f"/{name}").geturl()
+
+
+def hnsw_indexes(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexdef LIKE '%USING hnsw%'")]
+
+
+def index_scans(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes WHERE indexrelname LIKE '%embedding%'").fetchone()[0]
+
+
+def test_a_store_with_the_old_float32_index_gets_the_halfvec_one_on_open(pg_url: str) -> None:
+    url = fresh_database(pg_url)
+    vectors = np.random.default_rng(5).standard_normal((500, DIM)).astype(np.float32)
+    with open_store(url) as store:
+        store.put_many(model_key(RESNET), RESNET, images(vectors))
+    with psycopg.connect(url, autocommit=True) as conn:  # as stores made before the halfvec index were
+        (index,) = conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%halfvec%'").fetchone()
+        conn.execute(f"DROP INDEX imgsim.{index}")
+        conn.execute("CREATE INDEX ON imgsim.images_1 USING hnsw (embedding vector_cosine_ops)")
+    assert ["vector_cosine_ops" in d for d in hnsw_indexes(url)] == [True]
+    with open_store(url) as store:
+        assert ["halfvec_cosine_ops" in d for d in hnsw_indexes(url)] == [True]
+        store._conn.execute("SET enable_seqscan = off")  # 500 rows are cheaper to scan: does the query fit the index?
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        query = np.random.default_rng(6).standard_normal(DIM).astype(np.float32)
+        assert store.search(model_key(RESNET), query, k=1)[0][0] == sha(int(np.argmax(unit @ query)))
+        store._conn.execute("SELECT pg_stat_force_next_flush()")
+    assert index_scans(url) >= 1
+
+
+def test_vectors_wider_than_2000_dimensions_are_indexed_too(pg_url: str) -> None:
+    url = fresh_database(pg_url)
+    wide = {**RESNET, "architecture": "resnet50", "embedding_dim": 2048}
+    with open_store(url) as store:
+        store.put_many(model_key(wide), wide, images(np.random.default_rng(7).standard_normal((50, 2048)).astype(np.float32)))
+    assert any("halfvec(2048)" in d and "halfvec_cosine_ops" in d for d in hnsw_indexes(url))
+
+
 _KILLED_WRITER = textwrap.dedent(
     """
     import sys
