@@ -37,14 +37,15 @@ class ParsedRequest:
 
 
 def parse_request(parts: Mapping[str, Any], max_images: int) -> ParsedRequest:
-    raw = _as_bytes(parts[RAW_BODY_PART]) if len(parts) == 1 and RAW_BODY_PART in parts else None
-    document = _as_json_document(next(iter(parts.values()))) if len(parts) == 1 and not _is_tar(raw) else None
-    if _is_tar(raw):
-        parsed = _from_tar(raw, max_images)
+    raw = parts[RAW_BODY_PART] if len(parts) == 1 and RAW_BODY_PART in parts else None
+    tar = isinstance(raw, (bytes, bytearray)) and looks_like_tar(raw)
+    document = _as_json_document(next(iter(parts.values()))) if len(parts) == 1 and not tar else None
+    if tar:
+        parsed = _from_tar(bytes(raw), max_images)
     elif document is not None:
         parsed = _from_json(document)
     elif raw is not None:
-        return ParsedRequest([ImageInput(None, raw)], single=True)
+        return ParsedRequest([ImageInput(None, _as_bytes(raw))], single=True)
     else:
         parsed = ParsedRequest([ImageInput(name, _as_bytes(value)) for name, value in parts.items()])
     if parsed.error is None and len(parsed.images) > max_images:
@@ -58,10 +59,6 @@ def parse_request(parts: Mapping[str, Any], max_images: int) -> ParsedRequest:
     if parsed.error is None and not parsed.images:
         parsed.error = DecodeError("no_images", "the request carries no image")
     return parsed
-
-
-def _is_tar(raw: bytes | None) -> bool:
-    return raw is not None and looks_like_tar(raw)
 
 
 def _from_tar(body: bytes, max_images: int) -> ParsedRequest:
