@@ -754,13 +754,13 @@ class PostgresStore(EmbeddingStore):
         queries no longer use: build the halfvec one in its place (once; a minute per ~100k)."""
         sql = self._psycopg.sql
         rows = self._conn.execute(
-            "SELECT m.id, m.embedding_dim, i.indexname FROM imgsim.models m "
+            "SELECT m.id, m.embedding_dim, i.indexname, i.indexdef FROM imgsim.models m "
             "LEFT JOIN pg_indexes i ON i.schemaname = 'imgsim' AND i.tablename = 'images_' || m.id "
             "AND i.indexdef LIKE '%%USING hnsw%%' WHERE m.embedding_dim <= %s",
             (_PG_HNSW_MAX_DIM,),
         ).fetchall()
-        current = {table_id for table_id, _, index in rows if index and "halfvec" in self._index_def(index)}
-        for table_id, dim, index in rows:
+        current = {table_id for table_id, _, _, definition in rows if definition and "halfvec" in definition}
+        for table_id, dim, index, _ in rows:
             if table_id in current:
                 continue
             table = sql.Identifier("imgsim", f"images_{table_id}")
@@ -770,9 +770,6 @@ class PostgresStore(EmbeddingStore):
                 self._conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("imgsim", index)))
             self._conn.execute(sql.SQL(_PG_INDEX).format(table=table, dim=sql.Literal(dim)))
             current.add(table_id)
-
-    def _index_def(self, name: str) -> str:
-        return self._one("SELECT indexdef FROM pg_indexes WHERE schemaname = 'imgsim' AND indexname = %s", (name,))[0]
 
     def _one(self, query: Any, params: Sequence[Any] = ()) -> tuple[Any, ...]:
         """The single row a query always returns."""
