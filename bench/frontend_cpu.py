@@ -13,11 +13,9 @@ first folder), the second a warm one. Prints a Markdown table: frontend CPU seco
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
-import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 import throughput  # noqa: E402
+from client.api import Upload, tar_body  # noqa: E402
 
 JVM = {"JVM default (C1 + C2)": "", "C1 only (config.properties)": "-XX:TieredStopAtLevel=1"}
 
@@ -41,11 +40,9 @@ def multipart(files: list[Path]) -> dict:
 
 
 def tar(files: list[Path]) -> dict:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for f in files:
-            archive.add(f, arcname=f.name)
-    return {"data": buffer.getvalue(), "headers": {"Content-Type": "application/x-tar"}}
+    """As client/rank.py sends a batch."""
+    body = tar_body([Upload(f.name, f) for f in files])
+    return {"data": body, "headers": {"Content-Type": "application/x-tar"}}
 
 
 def thread_cpu(pid: int, prefix: str = "") -> float:

@@ -94,7 +94,7 @@ class EmbeddingClient:
                 yield results
 
     def _send(self, batch: Sequence[Upload]) -> list[Result]:
-        body = _tar(batch)
+        body = tar_body(batch)
         response = self._post_with_retries(body)
         if response.status_code == 413 and not response.content:
             # TorchServe's own refusal of a body over max_request_size (ours always has a JSON body):
@@ -155,7 +155,7 @@ class EmbeddingClient:
         raise AssertionError("unreachable")
 
 
-def _tar(batch: Sequence[Upload]) -> bytes:
+def tar_body(batch: Sequence[Upload]) -> bytes:
     """The batch as an uncompressed tar: TorchServe passes such a body on as it is, where it would
     parse a multipart body (several times the CPU) and rewrite part names (":;=," become spaces)."""
     buffer = io.BytesIO()
