@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 ARCH   ?= resnet18
 WEIGHTS ?=
 
-.PHONY: demo test setup system-deps build serve stop clean
+.PHONY: demo test test-unit setup system-deps build serve stop clean
 
 demo: setup
 	@$(MAKE) --no-print-directory stop >/dev/null 2>&1 || true
@@ -15,16 +15,24 @@ demo: setup
 	      ./build_mar.sh --arch efficientnet_lite0 && model=efficientnet_lite0-embed; fi; \
 	 ./serve.sh --model $$model && \
 	 $(PY) client/rank.py --images_folder images --ref_image cat.png --model $$model && \
-	 echo "TorchServe keeps serving $$model on 127.0.0.1:8080 (key in ./key_file.json); 'make stop' stops it" >&2
+	 echo "TorchServe keeps serving $$model at $$(sed -n 's/^inference_address=//p' config/config.properties)" \
+	      "(key in ./key_file.json); 'make stop' stops it" >&2
 
 test: setup
-	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+# The fast half: no server, no database, no browser (seconds to a few minutes).
+test-unit: setup
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 setup: system-deps $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-test.txt
+	# the project itself, editable: client, devtools and imgsim import from the checkout
+	# (setuptools comes with torch, so no build environment is fetched)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 # Java runs TorchServe's frontend; Chromium renders the HTML reports in the tests.
