@@ -1,0 +1,94 @@
+"""Every stored vector of one model in RAM as one float32 matrix, so that a search is one matmul.
+
+The SQLite back end keeps one per model it has searched; the norms are kept beside the
+vectors so that cosine and euclidean candidates cost one matrix-vector product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from client.metrics import Metric
+
+
+@dataclass
+class VectorMatrix:
+    """Every stored vector of one model, in RAM, so that a search is one matmul."""
+
+    dim: int
+    shas: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    vectors: np.ndarray = field(init=False)  # (capacity, dim); rows [:n] are live
+    sqnorms: np.ndarray = field(init=False)  # squared norms, for euclidean
+    inv_norms: np.ndarray = field(init=False)  # 1/norm (0 for a zero vector), for cosine
+
+    def __post_init__(self) -> None:
+        self.vectors = np.empty((0, self.dim), dtype=np.float32)
+        self.sqnorms = np.empty(0, dtype=np.float32)
+        self.inv_norms = np.empty(0, dtype=np.float32)
+
+    def upsert(self, shas: Sequence[str], matrix: np.ndarray) -> None:
+        """Replace the rows of known ``shas`` and append the others (``shas`` has no duplicates)."""
+        if self.rows.keys().isdisjoint(shas):  # only new images: one slice
+            self.append(shas, matrix)
+            return
+        self.reserve(len(self.shas) + len(shas))
+        for sha in shas:
+            if self.rows.setdefault(sha, len(self.shas)) == len(self.shas):
+                self.shas.append(sha)
+        self._fill(np.fromiter((self.rows[sha] for sha in shas), dtype=np.int64, count=len(shas)), matrix)
+
+    def append(self, shas: Sequence[str], matrix: np.ndarray) -> None:
+        """Add rows for ``shas``, none of which is present yet."""
+        start = len(self.shas)
+        self.reserve(start + len(shas))
+        self.rows.update(zip(shas, range(start, start + len(shas)), strict=True))
+        self.shas.extend(shas)
+        self._fill(slice(start, start + len(shas)), matrix)
+
+    def _fill(self, at: slice | np.ndarray, matrix: np.ndarray) -> None:
+        self.vectors[at] = matrix
+        sq = np.einsum("ij,ij->i", matrix, matrix)
+        self.sqnorms[at] = sq
+        self.inv_norms[at] = np.divide(1.0, np.sqrt(sq), out=np.zeros_like(sq), where=sq > 0)
+
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` rows; grows by doubling so a stream of small puts copies rarely."""
+        if n <= len(self.vectors):
+            return
+        capacity = max(n, 2 * len(self.vectors), 1024)
+        for name in ("vectors", "sqnorms", "inv_norms"):
+            old = getattr(self, name)
+            grown = np.empty((capacity, *old.shape[1:]), dtype=np.float32)
+            grown[: len(old)] = old
+            setattr(self, name, grown)
+
+    def candidates(self, query: np.ndarray, metric: Metric, want: int, exclude: Collection[str]) -> np.ndarray:
+        """Rows of the ``want`` best by a proxy that ranks like ``metric`` and costs one matmul."""
+        n = len(self.shas)
+        live = self.vectors[:n]
+        # Each proxy keeps the metric's direction (similarities high, distances low), so
+        # Metric.best picks from it; the exact score is computed afterwards on the few winners.
+        if metric.name in ("cosine", "angular"):
+            proxy = live @ query
+            proxy *= self.inv_norms[:n]  # the query's own norm scales every row alike
+            if metric.name == "angular":  # the angle shrinks as the cosine grows
+                np.negative(proxy, out=proxy)
+        elif metric.name == "dot":
+            proxy = live @ query
+        elif metric.name == "euclidean":  # |m - q|^2 = |m|^2 - 2 m.q + |q|^2, |q|^2 constant
+            proxy = live @ query
+            proxy *= -2.0
+            proxy += self.sqnorms[:n]
+        else:  # no matmul shortcut (manhattan): exact scores, in slices to bound memory
+            proxy = np.concatenate(
+                [metric.score(query, live[i : i + 65536]) for i in range(0, n, 65536)] or [np.empty(0)]
+            )
+        drop = [self.rows[sha] for sha in exclude if sha in self.rows]
+        if drop:
+            proxy[drop] = -np.inf if metric.descending else np.inf
+        best = metric.best(proxy, want + len(drop))
+        return best[~np.isin(best, drop)][:want] if drop else best

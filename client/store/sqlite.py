@@ -1,0 +1,337 @@
+"""The SQLite back end (the default): one file beside the user's photos, no server.
+
+Search is exact: every vector of a model is held in RAM as one float32 matrix
+(``client.store.matrix``) and scanned with a matmul.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.metrics import Metric
+from client.store.base import (
+    IDENTITY_FIELDS,
+    EmbeddingStore,
+    ModelIdentity,
+    PathsBySha,
+    StoredImage,
+    StoredModel,
+    StoreError,
+    check_identity_matches,
+    check_put,
+    identity_of,
+    model_key,
+    path_rows,
+    stored_model_of,
+)  # fmt: skip
+from client.store.matrix import VectorMatrix
+from client.store.migrations import Step, parse_version, upgrade
+
+_NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+_SCHEMA_V1 = f"""
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE models (
+    model           TEXT PRIMARY KEY,      -- model_key(identity)
+    architecture    TEXT NOT NULL,
+    weights_sha256  TEXT NOT NULL,
+    embedding_dim   INTEGER NOT NULL CHECK (embedding_dim > 0),
+    handler_version TEXT NOT NULL,
+    created_at      TEXT NOT NULL DEFAULT {_NOW}
+);
+CREATE TABLE images (
+    model       TEXT NOT NULL REFERENCES models (model),
+    sha256      TEXT NOT NULL,             -- of the file bytes
+    embedding   BLOB NOT NULL,             -- embedding_dim float32, little-endian
+    predictions TEXT NOT NULL,             -- JSON list of {{index, label, probability}}
+    created_at  TEXT NOT NULL DEFAULT {_NOW},
+    PRIMARY KEY (model, sha256)
+);
+-- Really (model, rowid): walks one model's rows in file order, which loads a model for
+-- search several times faster than the primary key's sha256 (random) order.
+CREATE INDEX images_by_model ON images (model);
+-- Paths belong to contents, not to models: the same file is the same file for every model.
+CREATE TABLE paths (
+    sha256  TEXT NOT NULL,
+    path    TEXT NOT NULL,
+    seen_at TEXT NOT NULL DEFAULT {_NOW},
+    UNIQUE (sha256, path)
+);
+CREATE TABLE endpoints (
+    url     TEXT NOT NULL,
+    name    TEXT NOT NULL,                 -- the model name the server serves it under
+    model   TEXT NOT NULL REFERENCES models (model),
+    seen_at TEXT NOT NULL DEFAULT {_NOW},
+    PRIMARY KEY (url, name)
+);
+"""
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+STEPS: list[Step[sqlite3.Connection]] = [
+    Step(1, "the first schema: models, images by (model, sha256), paths by content, endpoints", _create_v1),
+    Step(2, "PostgreSQL's cosine index moved to halfvec; nothing changes in SQLite", None),
+]
+
+# Each batch of ids fits SQLite's smallest historical limit on bound parameters.
+_CHUNK = 900
+
+
+class SQLiteStore(EmbeddingStore):
+    """A single SQLite file in WAL mode; safe to share between processes."""
+
+    def __init__(self, path: Path) -> None:
+        self._where = str(path)
+        if path.is_dir():
+            raise StoreError(f"store location {path} is a folder; give a file path such as {path / 'store.sqlite'}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: transactions are opened explicitly by _write().
+            self._conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"cannot open store {path}: {err}; check the path and its permissions") from err
+        self._lock = threading.RLock()
+        self._matrices: dict[str, VectorMatrix] = {}
+        self._data_version = -1
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise StoreError(
+                f"cannot use {path} as a store: {err}; is it a store file written by this client?"
+            ) from err
+        except StoreError:
+            self._conn.close()
+            raise
+
+    def _prepare(self) -> None:
+        conn = self._conn
+        # Rows are 2 to 5 KiB (512 to 1280 float32): 16 KiB pages hold several with little
+        # slack where 4 KiB pages would hold one. Only takes effect on a new, empty file.
+        conn.execute("PRAGMA page_size = 16384")
+        # WAL lets readers run beside a writer. synchronous=FULL fsyncs every commit:
+        # a killed process or a power cut keeps every committed batch, and a batch
+        # is one server round trip, so the extra fsync is noise.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        with self._write():
+            upgrade(conn, STEPS, self._version(), f"store {self._where}", _record_version)
+
+    def _version(self) -> int | None:
+        """The stored schema version; None for a new, empty file."""
+        tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return None
+        if "meta" not in tables:
+            raise StoreError(
+                f"{self._where} is a SQLite database of something else (no 'meta' table); give the store its own file"
+            )
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return parse_version(row[0] if row else None, f"store {self._where}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so two writers wait rather than deadlock.
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def get_many(self, identity: Mapping[str, Any], sha256s: Iterable[str]) -> dict[str, StoredImage]:
+        model = model_key(identity)
+        wanted = list(dict.fromkeys(sha256s))
+        found: dict[str, StoredImage] = {}
+        with self._lock:
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                rows = self._conn.execute(
+                    "SELECT sha256, embedding, predictions FROM images "
+                    f"WHERE model = ? AND sha256 IN ({','.join('?' * len(chunk))})",
+                    (model, *chunk),
+                )
+                for sha, blob, predictions in rows:
+                    found[sha] = StoredImage(
+                        sha256=sha,
+                        embedding=np.frombuffer(blob, dtype="<f4").astype(np.float32),
+                        predictions=json.loads(predictions),
+                    )
+        return found
+
+    def put_many(
+        self, identity: Mapping[str, Any], items: Sequence[StoredImage], paths: PathsBySha | None = None
+    ) -> None:
+        unique, matrix = check_put(identity, items)
+        model = model_key(identity)
+        little = matrix.astype("<f4", copy=False)
+        rows = [
+            (model, item["sha256"], little[i].tobytes(), json.dumps(item["predictions"]))
+            for i, item in enumerate(unique)
+        ]
+        located = path_rows(paths or {})
+        with self._lock:
+            with self._write() as conn:
+                self._ensure_model(model, identity)
+                conn.executemany(
+                    "INSERT INTO images (model, sha256, embedding, predictions) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (model, sha256) DO UPDATE SET embedding = excluded.embedding, "
+                    "predictions = excluded.predictions",
+                    rows,
+                )
+                self._insert_paths(located)
+            # Only after the commit, so RAM never holds rows the file does not.
+            if model in self._matrices:
+                self._matrices[model].upsert([item["sha256"] for item in unique], matrix)
+
+    def _ensure_model(self, model: str, identity: Mapping[str, Any]) -> None:
+        self._conn.execute(
+            f"INSERT INTO models (model, {', '.join(IDENTITY_FIELDS)}) "
+            f"VALUES (?, {', '.join('?' * len(IDENTITY_FIELDS))}) ON CONFLICT (model) DO NOTHING",
+            (model, *(identity[name] for name in IDENTITY_FIELDS)),
+        )
+        row = self._conn.execute(f"SELECT {', '.join(IDENTITY_FIELDS)} FROM models WHERE model = ?", (model,)).fetchone()
+        check_identity_matches(model, dict(zip(IDENTITY_FIELDS, row, strict=True)), identity)
+
+    def _insert_paths(self, rows: list[tuple[str, str]]) -> None:
+        self._conn.executemany(
+            f"INSERT INTO paths (sha256, path) VALUES (?, ?) ON CONFLICT (sha256, path) DO UPDATE SET seen_at = {_NOW}",
+            rows,
+        )
+
+    def remember_paths(self, paths: PathsBySha) -> None:
+        rows = path_rows(paths)
+        with self._write():
+            self._insert_paths(rows)
+
+    def remember_endpoint(self, url: str, name: str, identity: Mapping[str, Any]) -> None:
+        model = model_key(identity)
+        with self._write() as conn:
+            self._ensure_model(model, identity)
+            conn.execute(
+                "INSERT INTO endpoints (url, name, model) VALUES (?, ?, ?) "
+                f"ON CONFLICT (url, name) DO UPDATE SET model = excluded.model, seen_at = {_NOW}",
+                (url, name, model),
+            )
+
+    def endpoint(self, url: str, name: str) -> ModelIdentity | None:
+        columns = ", ".join(f"m.{column}" for column in IDENTITY_FIELDS)
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {columns} FROM endpoints AS e JOIN models AS m USING (model) WHERE e.url = ? AND e.name = ?",
+                (url, name),
+            ).fetchone()
+        return None if row is None else identity_of(row)
+
+    def count(self, identity: Mapping[str, Any]) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM images WHERE model = ?", (model_key(identity),)).fetchone()[0]
+
+    def models(self) -> list[StoredModel]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT m.model, {', '.join(f'm.{c}' for c in IDENTITY_FIELDS)}, "
+                "(SELECT COUNT(*) FROM images AS i WHERE i.model = m.model) FROM models AS m ORDER BY m.model"
+            ).fetchall()
+        return [stored_model_of(row) for row in rows]
+
+    def paths(self, identity: Mapping[str, Any], sha256s: Iterable[str] | None = None) -> dict[str, list[str]]:
+        model = model_key(identity)
+        select = "SELECT p.sha256, p.path FROM paths AS p JOIN images AS i ON i.sha256 = p.sha256 AND i.model = ?"
+        order = " ORDER BY p.seen_at DESC, p.path"
+        if sha256s is None:
+            queries = [(select + order, [model])]
+        else:
+            wanted = list(dict.fromkeys(sha256s))
+            chunks = [wanted[i : i + _CHUNK] for i in range(0, len(wanted), _CHUNK)]
+            queries = [
+                (f"{select} WHERE p.sha256 IN ({','.join('?' * len(chunk))}){order}", [model, *chunk])
+                for chunk in chunks
+            ]
+        found: dict[str, list[str]] = {}
+        with self._lock:
+            for query, params in queries:
+                for sha, path in self._conn.execute(query, params):
+                    found.setdefault(sha, []).append(path)
+        return found
+
+    def _candidates(
+        self, model: str, query: np.ndarray, metric: Metric, want: int, exclude: Collection[str]
+    ) -> tuple[list[str], np.ndarray]:
+        with self._lock:
+            matrix = self._matrix(model)
+            if matrix is None or not matrix.shas:
+                return [], np.empty((0, len(query)), dtype=np.float32)
+            if len(query) != matrix.dim:
+                raise ValueError(f"query has {len(query)} values, but model {model} makes ({matrix.dim},) vectors")
+            rows = matrix.candidates(query, metric, want, exclude)
+            return [matrix.shas[r] for r in rows], matrix.vectors[rows]
+
+    def _matrix(self, model: str) -> VectorMatrix | None:
+        """The model's vectors in RAM, loaded on first use and reloaded if another connection wrote."""
+        conn = self._conn
+        conn.execute("BEGIN")  # one snapshot for the version and the rows
+        try:
+            # data_version changes only for commits of *other* connections; ours are
+            # already applied to the matrices by put_many.
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._matrices.clear()
+                self._data_version = version
+            if model not in self._matrices:
+                loaded = self._load(model)
+                if loaded is None:
+                    return None
+                self._matrices[model] = loaded
+            return self._matrices[model]
+        finally:
+            conn.execute("COMMIT")
+
+    def _load(self, model: str) -> VectorMatrix | None:
+        row = self._conn.execute("SELECT embedding_dim FROM models WHERE model = ?", (model,)).fetchone()
+        if row is None:
+            return None
+        matrix = VectorMatrix(dim=row[0])
+        # Exactly sized up front: growing a matrix of millions of rows costs seconds of copying.
+        matrix.reserve(self._conn.execute("SELECT COUNT(*) FROM images WHERE model = ?", (model,)).fetchone()[0])
+        cursor = self._conn.execute(
+            "SELECT sha256, embedding FROM images INDEXED BY images_by_model WHERE model = ?", (model,)
+        )
+        # Batches of ~8 MiB stay below malloc's mmap threshold, so each reuses the last
+        # one's memory instead of page-faulting in fresh pages (seconds at a million rows).
+        while batch := cursor.fetchmany(max(1, 2**23 // (4 * matrix.dim))):
+            shas, blobs = zip(*batch, strict=True)
+            block = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(shas), matrix.dim)
+            matrix.append(shas, block.astype(np.float32, copy=False))  # unique: primary key
+        return matrix
+
+    def close(self) -> None:
+        with self._lock:
+            self._matrices.clear()
+            self._conn.close()
+
+
+def _record_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(version),),
+    )

@@ -1,0 +1,88 @@
+"""Store schema migrations: numbered steps that upgrade an older store in place, in one transaction."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.store import SCHEMA_VERSION, StoreError, open_store, postgres, sqlite
+from client.store.migrations import Step
+
+IDENTITY = {"architecture": "resnet18", "weights_sha256": "ab" * 32, "embedding_dim": 4, "handler_version": "1.0.0"}
+SHA = "cd" * 32
+
+
+def version_one_store(path: Path) -> None:
+    """A store as the client of schema 1 left it: its tables, one image, version 1."""
+    with sqlite3.connect(path) as conn:
+        sqlite.STEPS[0].apply(conn)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+        conn.execute(
+            "INSERT INTO models (model, architecture, weights_sha256, embedding_dim, handler_version) VALUES (?, ?, ?, ?, ?)",
+            ("resnet18/abababababab/1.0.0", "resnet18", "ab" * 32, 4, "1.0.0"),
+        )
+        conn.execute(
+            "INSERT INTO images (model, sha256, embedding, predictions) VALUES (?, ?, ?, ?)",
+            ("resnet18/abababababab/1.0.0", SHA, np.arange(4, dtype="<f4").tobytes(), "[]"),
+        )
+        conn.execute("INSERT INTO paths (sha256, path) VALUES (?, ?)", (SHA, "holiday/cat.jpg"))
+    conn.close()
+
+
+def stored_version(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        (value,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    conn.close()
+    return value
+
+
+def test_every_back_end_numbers_its_steps_up_to_the_schema_version() -> None:
+    for steps in (sqlite.STEPS, postgres.STEPS):
+        assert [step.version for step in steps] == list(range(1, SCHEMA_VERSION + 1))
+        assert all(step.reason and "\n" not in step.reason for step in steps)
+
+
+def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "old.sqlite"
+    version_one_store(path)
+    with caplog.at_level(logging.INFO, logger="client.store"), open_store(path) as store:
+        got = store.get_many(IDENTITY, [SHA])
+        assert got[SHA]["embedding"].tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert store.paths(IDENTITY) == {SHA: ["holiday/cat.jpg"]}
+    assert stored_version(path) == str(SCHEMA_VERSION)
+    assert f"upgrading the store schema to version {SCHEMA_VERSION}" in caplog.text
+    assert str(path) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="client.store"), open_store(path):
+        pass
+    assert "upgrading" not in caplog.text  # once upgraded, it stays so
+
+
+def test_a_new_store_is_made_at_the_current_version_without_upgrade_notices(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="client.store"), open_store(tmp_path / "new.sqlite"):
+        pass
+    assert stored_version(tmp_path / "new.sqlite") == str(SCHEMA_VERSION)
+    assert caplog.text == ""
+
+
+def test_a_failing_step_leaves_the_store_exactly_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "old.sqlite"
+    version_one_store(path)
+
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x)")
+        raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+    monkeypatch.setattr(sqlite, "STEPS", [sqlite.STEPS[0], Step(2, "a step that fails midway", half_done)])
+    with pytest.raises(StoreError, match="disk I/O error"):
+        open_store(path)
+    assert stored_version(path) == "1"
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
+    conn.close()
+    assert "half_done" not in tables
