@@ -9,9 +9,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from client.api import EmbeddingClient, ServerError, Upload
 from client.scan import ImageFile
-from client.store import EmbeddingStore, StoredImage, model_key
+from client.store import EmbeddingStore, StoredImage
+from client.torchserve_client import EmbeddingClient, ServerError, Upload
 
 
 @dataclass
@@ -36,10 +36,10 @@ def embed_files(
     identity = store.endpoint(client.url, client.model) if store else None
     done = Embedded(identity)
     if store and identity:
-        done.items = store.get_many(model_key(identity), first_file)
+        done.items = store.get_many(identity, first_file)
         done.reused = len(done.items)
         if first_file.keys() - done.items.keys() == set():
-            store.remember_paths(model_key(identity), {f.sha256: str(f.path) for f in files})
+            store.remember_paths({f.sha256: str(f.path) for f in files})
             return done
     by_name: dict[str, ImageFile] = {}
     for f in (first_file[sha] for sha in first_file if sha not in done.items):
@@ -73,7 +73,7 @@ def embed_files(
                 paths[f.sha256] = str(f.path)
                 done.items[f.sha256] = item
             if store and new:  # one transaction per request: a killed run keeps every finished batch
-                store.put_many(model_key(done.identity), done.identity, new, paths)
+                store.put_many(done.identity, new, paths)
                 saved += len(new)
             done.sent += len(results)
             bar.update(len(results))
@@ -90,7 +90,7 @@ def embed_files(
         # the server's model changed under us: what came from the store belonged to the old one
         return embed_files(files, client, store, batch_size, progress)
     if store and done.identity:
-        store.remember_paths(model_key(done.identity), {f.sha256: str(f.path) for f in files if f.sha256 in done.items})
+        store.remember_paths({f.sha256: str(f.path) for f in files if f.sha256 in done.items})
     return done
 
 

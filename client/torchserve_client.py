@@ -1,4 +1,4 @@
-"""Talking to the embedding server: batches as tar bodies, several in flight, retries with backoff."""
+"""The TorchServe client: batches as tar bodies, several in flight, retries with backoff; its keys."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ RETRY_STATUSES = (502, 503, 504, 507)  # worker restarting, overloaded or out of
 # so these 500s are worth retrying; any other 500 is a bug and is not.
 WORKER_DIED = "Worker died."
 TOKEN_ENV = "IMGSIM_TOKEN"
+# config/config.properties' inference_address (a test checks that the two agree)
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class ServerError(Exception):
@@ -50,6 +52,26 @@ class Result:
         return self.body.get("error")
 
 
+@dataclass(frozen=True)
+class Keys:
+    """The keys TorchServe made at its start (it offers no way to set them)."""
+
+    inference: str
+    management: str
+
+    def __repr__(self) -> str:  # never in a log or a traceback
+        return "Keys(inference=..., management=...)"
+
+
+def read_keys(key_file: Path) -> Keys:
+    """The keys in the ``key_file.json`` TorchServe writes in the folder it was started from."""
+    try:
+        document = json.loads(Path(key_file).read_text())
+        return Keys(document["inference"]["key"], document["management"]["key"])
+    except (ValueError, KeyError, TypeError):
+        raise ServerError(f"{key_file} is not a TorchServe key file (no inference key in it)") from None
+
+
 def read_token(token: str | None, token_file: Path | None) -> str | None:
     """The inference key: --token, else $IMGSIM_TOKEN, else TorchServe's key_file.json."""
     if token:
@@ -57,10 +79,7 @@ def read_token(token: str | None, token_file: Path | None) -> str | None:
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV]
     if token_file and token_file.is_file():
-        try:
-            return json.loads(token_file.read_text())["inference"]["key"]
-        except (ValueError, KeyError, TypeError):
-            raise ServerError(f"{token_file} is not a TorchServe key file (no inference key in it)") from None
+        return read_keys(token_file).inference
     return None
 
 

@@ -1,16 +1,17 @@
-"""What rank.py and dedup.py share on the command line: server, store and output flags."""
+"""What the commands share on the command line: server, store and output flags, output and logging."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.api import TOKEN_ENV, EmbeddingClient, read_token
+from client.torchserve_client import DEFAULT_URL, TOKEN_ENV, EmbeddingClient, read_token
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,7 +21,7 @@ FORMATS = ["table", "csv", "json", "markdown"]
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="TorchServe inference address")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"TorchServe inference address (default {DEFAULT_URL})")
     p.add_argument("--model", default="resnet18-embed", help="model name on the server")
     p.add_argument("--token", help="inference key (prefer $IMGSIM_TOKEN or --token-file: flags show in ps)")
     p.add_argument("--token-file", type=Path, default=Path("key_file.json"), help="default ./key_file.json")
@@ -78,6 +79,15 @@ def preload(*modules: str) -> threading.Thread:
     thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True)
     thread.start()
     return thread
+
+
+def show_notices(prog: str) -> None:
+    """The library's notices (a store schema upgrade, say) as ``prog: message`` lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    library = logging.getLogger("client")
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
 
 
 def write_out(args: argparse.Namespace, text: str) -> None:

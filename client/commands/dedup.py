@@ -1,0 +1,198 @@
+"""Find duplicate images: identical files (exact), edited copies (near) and, when asked, similar photos.
+
+Embeddings come from the server once and are remembered in the store, so a rerun
+over the same folder sends nothing. Each group says why its members belong together;
+client/duplicates/ has the rules and docs/DEDUP.md how they were calibrated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from client.commands import html_report as report
+from client.commands.options import (
+    STORE_NAME,
+    add_common_args,
+    check_common_args,
+    make_client,
+    render,
+    show_notices,
+    write_out,
+)  # fmt: skip
+from client.commands.tables import groups_frame
+from client.duplicates import Content, Group, Thresholds, find_groups, thresholds_for
+from client.embedding import embed_files
+from client.scan import ImageFile, candidate_files, describe
+from client.store import EmbeddingStore, StoreError, open_store
+from client.torchserve_client import ServerError
+
+EXAMPLES = f"""examples:
+  python client/dedup.py ~/photos                          # groups, largest first
+  python client/dedup.py ~/photos --format csv --output dupes.csv
+  python client/dedup.py ~/photos --html dupes.html         # thumbnails per group
+  python client/dedup.py ~/photos --similar                 # also: same subject, another photo
+  python client/dedup.py --store ~/photos/{STORE_NAME}   # everything stored, no server needed
+
+Tiers: exact = identical bytes; near = the same photo after edits (crop, rescale,
+re-encode, brightness, colour, flip, small rotation, caption); similar (--similar) =
+same subject, another photo. Thresholds are calibrated per model (docs/DEDUP.md).
+Subfolders are included unless --no-recursive. The store is FOLDER/{STORE_NAME} unless
+--store names another SQLite file or a postgresql:// URL.
+"""
+HTML_GROUPS = 200
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="dedup.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("folder", nargs="?", type=Path, help="folder to search (or none, with --store: all it holds)")
+    p.add_argument("--no-recursive", dest="recursive", action="store_false", help="leave subfolders out")
+    p.add_argument("--similar", action="store_true", help="also group different photos of the same subject")
+    p.add_argument("--near-threshold", type=float, help="cosine that alone makes a near duplicate")
+    p.add_argument("--near-low", type=float, help="lower cosine that makes one when the pHashes agree")
+    p.add_argument("--hash-bits", type=int, help="most differing pHash bits (of 64) in that band")
+    p.add_argument("--similar-threshold", type=float, help="cosine for --similar")
+    p.add_argument("--no-hash", action="store_true", help="cosine only: never read the files for a pHash")
+    add_common_args(p)
+    p.add_argument("--html", type=Path, help="also write an HTML page with thumbnails per group")
+    p.add_argument("--html-groups", type=int, default=HTML_GROUPS, help=f"groups on that page (default {HTML_GROUPS})")
+    args = p.parse_args(argv)
+    check_common_args(p, args)
+    if args.folder is None and args.store is None:
+        p.error("give a folder, or --store to search everything a store holds")
+    if args.folder is not None and not args.folder.is_dir():
+        p.error(f"{args.folder} is not a folder")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    show_notices("dedup.py")
+    started = time.perf_counter()
+    try:
+        store = None if args.no_store else open_store(args.store or args.folder / STORE_NAME)
+        try:
+            if args.folder is None:
+                found = from_store(args, store)
+            else:
+                found = from_folder(args, store)
+            if found is None:
+                return 2
+            contents, vectors, architecture, note = found
+        finally:
+            if store:
+                store.close()
+    except (ServerError, StoreError) as exc:
+        print(f"dedup.py: {exc}", file=sys.stderr)
+        return 2
+    t = thresholds_for(
+        architecture, near=args.near_threshold, near_low=args.near_low, hash_bits=args.hash_bits,
+        similar=args.similar_threshold,
+    )  # fmt: skip
+    if args.no_hash:
+        t = Thresholds(t.near, t.near, t.hash_bits, t.similar, t.calibrated)
+    if not t.calibrated and args.near_threshold is None:
+        print(
+            f"dedup.py: warning: no calibrated thresholds for {architecture}; using a cautious guess "
+            f"(near {t.near}, or {t.near_low} with pHash <= {t.hash_bits} bits; similar {t.similar}). "
+            f"Calibrate with: python bench/dedup_calibration.py --arch {architecture} --weights FILE",
+            file=sys.stderr,
+        )
+    grouping = time.perf_counter()
+    groups = find_groups(contents, vectors, t, similar=args.similar)
+    grouped_s = time.perf_counter() - grouping
+    frame = groups_frame(groups)
+    emit(frame, args)
+    if args.html:
+        write_html(args.html, groups, args.html_groups, t)
+    counts = {tier: sum(g.tier == tier for g in groups) for tier in ("exact", "near", "similar")}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{sum(len(c.files) for c in contents)} files, {len(contents)} distinct; {len(groups)} groups "
+        f"({', '.join(f'{n} {tier}' for tier, n in counts.items() if n or tier != 'similar')}) holding "
+        f"{len(frame)} files; {note}; grouped in {grouped_s:.1f} s "
+        f"({time.perf_counter() - started:.1f} s in all), peak memory {peak:.0f} MiB",
+        file=sys.stderr,
+    )
+    return 0
+
+
+Found = tuple[list[Content], np.ndarray, str, str]  # contents, their vectors, architecture, what was sent
+
+
+def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found | None:
+    images, others = candidate_files(args.folder, args.recursive)
+    files = [describe(path, args.folder) for path in tqdm(images, desc="hashing", unit="file", file=sys.stderr,
+                                                         disable=args.quiet or len(images) < 1000)]  # fmt: skip
+    if not files:
+        print(f"dedup.py: no images in {args.folder}" + ("" if args.recursive else " (subfolders left out)"),
+              file=sys.stderr)  # fmt: skip
+        return None
+    embedded = embed_files(files, make_client(args), store, args.batch_size, progress=not args.quiet)
+    if embedded.identity is None:
+        print("dedup.py: no image could be embedded; see the warnings above", file=sys.stderr)
+        return None
+    by_sha: dict[str, list[ImageFile]] = {}
+    for f in files:
+        if f.sha256 in embedded.items:
+            by_sha.setdefault(f.sha256, []).append(f)
+    contents = [Content(sha, [(f.name, str(f.path)) for f in group]) for sha, group in by_sha.items()]
+    vectors = _matrix([embedded.items[c.sha256]["embedding"] for c in contents], embedded.identity["embedding_dim"])
+    note = (f"skipped {len(others)} (not images), failed {len(embedded.errors)}; "
+            f"sent {embedded.sent} to the server, reused {embedded.reused} from the store")  # fmt: skip
+    return contents, vectors, embedded.identity["architecture"], note
+
+
+def from_store(args: argparse.Namespace, store: EmbeddingStore) -> Found | None:
+    """Everything the store holds for --model at --url, at the paths where it was seen that still exist."""
+    identity = store.endpoint(args.url.rstrip("/"), args.model)
+    if identity is None:
+        known = ", ".join(m["model"] for m in store.models()) or "none"
+        print(
+            f"dedup.py: the store has no images of model {args.model!r} served at {args.url} (stored models: "
+            f"{known}); run dedup.py or rank.py on a folder first, or pass the --url and --model used then",
+            file=sys.stderr,
+        )
+        return None
+    paths = store.paths(identity)
+    existing = {sha: [p for p in ps if os.path.exists(p)] for sha, ps in paths.items()}
+    existing = {sha: ps for sha, ps in existing.items() if ps}
+    items = store.get_many(identity, existing)
+    contents = [Content(sha, [(p, p) for p in ps]) for sha, ps in existing.items() if sha in items]
+    vectors = _matrix([items[c.sha256]["embedding"] for c in contents], identity["embedding_dim"])
+    note = f"{len(paths) - len(existing)} stored contents left out (no file at their paths); sent 0 to the server"
+    return contents, vectors, identity["architecture"], note
+
+
+def _matrix(rows: list[np.ndarray], dim: int) -> np.ndarray:
+    matrix = np.empty((len(rows), dim), dtype=np.float32)
+    for i, row in enumerate(rows):
+        matrix[i] = row
+    return matrix
+
+
+def emit(frame: pd.DataFrame, args: argparse.Namespace) -> None:
+    write_out(args, render(frame, args.format))
+
+
+def write_html(path: Path, groups: list[Group], limit: int, t: Thresholds) -> None:
+    sections: list[tuple[str, list[report.Card]]] = []
+    for n, group in enumerate(groups[:limit], start=1):
+        cards = [report.Card(Path(m.path), m.file, [f"{m.tier}: {m.why}", f"tied to {m.match}"]) for m in group.members]
+        sections.append((f"Group {n}: {group.tier}, {len(group.members)} files, weakest tie {group.score:.3f}", cards))
+    if len(groups) > limit:
+        sections.append((f"... and {len(groups) - limit} more groups (--html-groups, or the CSV, has them all)", []))
+    title = (f"{len(groups)} duplicate groups (near: cosine >= {t.near}, or >= {t.near_low} with pHash "
+             f"<= {t.hash_bits} bits)")  # fmt: skip
+    report.write(path, title, sections)
