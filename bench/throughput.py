@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -37,18 +34,18 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "handler"), str(REPO / "bench")]
+import numpy as np
+import psutil
+import torch
+import yaml
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
+from devtools import REPO
+from devtools.machine import machine
+from devtools.photos import CAMERA_CORPUS, camera_corpus, pixels
+from devtools.processes import children_cpu_seconds, cpu_seconds, is_worker, peak_rss, workers_of
+from devtools.torchserve import TorchServe, build_archive
+from devtools.weights import random_resnet18_weights
 
-from photo_corpus import collect_photos  # noqa: E402
-
-CORPUS = REPO / ".imgsim" / "bench-corpus"
 GFLOP_PER_IMAGE = {"resnet18": 3.63, "efficientnet_lite0": 0.80}
 
 SEED_BASELINE = r"""
@@ -67,48 +64,6 @@ print(len(files) / (time.perf_counter() - start))
 """
 
 
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    simd = " ".join(f for f in flags if f.startswith(("avx512", "avx2", "amx")) or f in ("fma", "avx_vnni"))
-    memory = psutil.virtual_memory().total / 2**30
-    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}; flags: {simd}"
-
-
-def make_corpus(count: int, seed: int = 0) -> list[Path]:
-    """``count`` JPEGs of 2-6 MP: random crops and rescales of the real photos here."""
-    CORPUS.mkdir(parents=True, exist_ok=True)
-    existing = sorted(CORPUS.glob("*.jpg"))
-    if len(existing) == count:
-        return existing
-    shutil.rmtree(CORPUS)
-    CORPUS.mkdir(parents=True)
-    rng = random.Random(seed)
-    photos = [p for p in collect_photos() if _pixels(p.path) >= 250_000]
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        image = photo.load()
-        w, h = image.size
-        keep = rng.uniform(0.7, 1.0)
-        cw, ch = int(w * keep), int(h * keep)
-        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        image = image.crop((left, top, left + cw, top + ch))
-        target = rng.uniform(2.0e6, 6.0e6)
-        scale = (target / (cw * ch)) ** 0.5
-        image = image.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC)
-        image.save(CORPUS / f"{i:04d}.jpg", quality=rng.randint(80, 92))
-    return sorted(CORPUS.glob("*.jpg"))
-
-
-def _pixels(path: Path) -> int:
-    try:
-        with Image.open(path) as image:
-            return image.size[0] * image.size[1]
-    except Exception:
-        return 0
-
-
 def wall(command: list[str], **kwargs) -> tuple[float, int, subprocess.CompletedProcess]:
     """(seconds, peak RSS in bytes, result) of one child process, start-up included."""
     start = time.perf_counter()
@@ -116,7 +71,7 @@ def wall(command: list[str], **kwargs) -> tuple[float, int, subprocess.Completed
     peak = 0
     while process.poll() is None:  # VmHWM, not getrusage: a child's ru_maxrss includes this process's
         try:
-            peak = max(peak, _peak_rss(process.pid))
+            peak = max(peak, peak_rss(process.pid))
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
@@ -127,22 +82,16 @@ def wall(command: list[str], **kwargs) -> tuple[float, int, subprocess.Completed
     return seconds, peak, result
 
 
-def build_archive(arch: str, store: Path, weights: Path | None, config: Path | None = None, name: str = "") -> str:
+def archive(arch: str, store: Path, weights: Path | None, config: Path | None = None, name: str = "") -> str:
+    """Builds ``<name>.mar`` (default ``<arch>-embed``) into ``store``; returns its name."""
     name = name or f"{arch}-embed"
-    args = [str(REPO / "build_mar.sh"), "--arch", arch, "--out", str(store), "--name", name]
+    args = ["--arch", arch, "--name", name]
     if config:
         args += ["--config", str(config)]
     if weights:
         args += ["--weights", str(weights), "--allow-unverified-weights"]
-    subprocess.run(args, check=True, env=_env(), capture_output=True)
+    build_archive(store, *args)
     return name
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHON"] = sys.executable
-    return env
 
 
 def in_process(model_dir: Path, files: list[Path], batch_sizes: list[int]) -> tuple[dict[int, float], float, dict]:
@@ -201,88 +150,33 @@ def bf16_config(work: Path) -> Path:
 
 def served(model_store: Path, model: str, files: list[Path], workdir: Path, batch: int, concurrency: int) -> dict:
     """(c) and (d): the README's commands, timed whole, with peak RSS of workers and client."""
-    env = _env()
-    env["TMPDIR"] = str(workdir)
-    subprocess.run([str(REPO / "serve.sh"), "--model-store", str(model_store), "--model", model],
-                   cwd=workdir, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
+    server = TorchServe.start(workdir, model_store, (model,))
     try:
-        _wait_serving(workdir, model)
         store = workdir / f"store-{model}.sqlite"
         command = [sys.executable, str(REPO / "client" / "rank.py"), "--images_folder", str(files[0].parent),
-                   "--ref_image", files[0].name, "--model", model, "--store", str(store), "--quiet",
-                   "--token-file", str(workdir / "key_file.json"), "--batch-size", str(batch),
+                   "--ref_image", files[0].name, "--url", server.url, "--model", model, "--store", str(store),
+                   "--quiet", "--token-file", str(server.key_file), "--batch-size", str(batch),
                    "--concurrency", str(concurrency)]  # fmt: skip
-        server = [p for p in psutil.process_iter(["cmdline", "environ"]) if _serves(p, workdir)]
-        before, children = [_cpu(p) for p in server], _children_cpu()
+        frontend = psutil.Process(server.frontend_pid())
+        serving = [frontend, *workers_of(frontend.pid)]
+        before, children = [cpu_seconds(p) for p in serving], children_cpu_seconds()
         cold, cold_rss, result = wall(command, cwd=workdir)
-        cpu = {"client": _children_cpu() - children}
-        for process, start in zip(server, before):
-            role = "worker" if _is_worker(process, workdir) else "frontend"
-            cpu[role] = cpu.get(role, 0.0) + _cpu(process) - start
+        cpu = {"client": children_cpu_seconds() - children}
+        for process, start in zip(serving, before):
+            role = "worker" if is_worker(process) else "frontend"
+            cpu[role] = cpu.get(role, 0.0) + cpu_seconds(process) - start
         assert f"sent {len(files)} to the server" in result.stderr, result.stderr
         warm, warm_rss, result = wall(command, cwd=workdir)
         assert "sent 0 to the server" in result.stderr, result.stderr
-        workers = [p for p in psutil.process_iter(["cmdline", "environ"]) if _is_worker(p, workdir)]
-        worker_peak = max(_peak_rss(p.pid) for p in workers)
+        worker_peak = max(peak_rss(pid) for pid in server.worker_pids())
     finally:
-        subprocess.run(["torchserve", "--stop"], cwd=workdir, env=env, capture_output=True, timeout=120)
+        server.stop()
     return {"cold_s": cold, "warm_s": warm, "client_peak_rss": max(cold_rss, warm_rss), "worker_peak_rss": worker_peak,
             "cold_cpu": cpu}  # fmt: skip
 
 
-def _serves(process: psutil.Process, workdir: Path) -> bool:
-    """A TorchServe process (the Java frontend or a Python worker) started for ``workdir``."""
-    try:
-        return (process.info["environ"] or {}).get("TMPDIR") == str(workdir) and any(
-            part in " ".join(process.info["cmdline"] or []) for part in ("ts/model_service_worker.py", "ModelServer")
-        )
-    except (psutil.Error, TypeError):
-        return False
-
-
-def _is_worker(process: psutil.Process, workdir: Path) -> bool:
-    return _serves(process, workdir) and "ts/model_service_worker.py" in " ".join(process.info["cmdline"] or [])
-
-
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
 def _cpu_row(cpu: dict) -> str:
     return " / ".join(f"{cpu.get(role, 0.0):.2f}" for role in ("worker", "frontend", "client"))
-
-
-def _children_cpu() -> float:
-    """CPU seconds of the finished children of this process (the client runs as one)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _wait_serving(workdir: Path, model: str) -> None:
-    import requests
-
-    key = json.loads((workdir / "key_file.json").read_text())["inference"]["key"]
-    with Image.new("RGB", (8, 8)) as tiny:
-        path = workdir / "tiny.png"
-        tiny.save(path)
-    for _ in range(600):
-        try:
-            r = requests.post(f"http://127.0.0.1:8080/predictions/{model}", data=path.read_bytes(),
-                              headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
-            if r.status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("TorchServe never answered")
 
 
 def store_queries(sizes: list[int], pg_size: int, dim: int = 512) -> dict:
@@ -300,7 +194,7 @@ def store_queries(sizes: list[int], pg_size: int, dim: int = 512) -> dict:
             results[f"sqlite_{size}"] = _query_ms(store, identity, rng, dim)
         store.close()
     if pg_size:
-        from tests.pg_fixture import running_postgres
+        from devtools.postgres import running_postgres
 
         with running_postgres("-c shared_buffers=2GB -c maintenance_work_mem=2GB") as url:
             store = open_store(url)
@@ -311,27 +205,22 @@ def store_queries(sizes: list[int], pg_size: int, dim: int = 512) -> dict:
 
 
 def _fill(store, identity: dict, start: int, end: int, rng, dim: int, chunk: int = 50_000) -> int:
-    from client.store import model_key
-
     for lo in range(start, end, chunk):
         n = min(chunk, end - lo)
         vectors = rng.normal(size=(n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         items = [{"sha256": f"{i:064x}", "embedding": v, "predictions": []} for i, v in zip(range(lo, lo + n), vectors)]
-        store.put_many(model_key(identity), identity, items)
+        store.put_many(identity, items)
     return end
 
 
 def _query_ms(store, identity: dict, rng, dim: int, queries: int = 20) -> float:
-    from client.store import model_key
-
-    key = model_key(identity)
-    store.search(key, rng.normal(size=dim).astype(np.float32), 10)  # loads the vectors
+    store.search(identity, rng.normal(size=dim).astype(np.float32), 10)  # loads the vectors
     times = []
     for _ in range(queries):
         q = rng.normal(size=dim).astype(np.float32)
         start = time.perf_counter()
-        store.search(key, q, 10)
+        store.search(identity, q, 10)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -348,25 +237,21 @@ def main() -> int:
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 mode's (b), (c) and cosine")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
-    files = make_corpus(args.images)
-    megapixels = [_pixels(f) / 1e6 for f in files]
+    files = camera_corpus(args.images)
+    megapixels = [pixels(f) / 1e6 for f in files]
     print(f"corpus: {len(files)} JPEGs, {min(megapixels):.1f}-{max(megapixels):.1f} MP, "
           f"{sum(f.stat().st_size for f in files) / len(files) / 1e6:.2f} MB on average", file=sys.stderr)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="imgsim-bench-"))
     weights = None
     if args.arch == "resnet18":
-        import torchvision
-
-        weights = work / "resnet18-random.pth"
-        torch.manual_seed(0)
-        torch.save(torchvision.models.resnet18().state_dict(), weights)
+        weights = random_resnet18_weights(work / "resnet18-random.pth")
     model_store = work / "model_store"
-    model = build_archive(args.arch, model_store, weights)
+    model = archive(args.arch, model_store, weights)
     model_dir = work / "unpacked"
     zipfile.ZipFile(model_store / f"{model}.mar").extractall(model_dir)
 
     print("(a) seed-style baseline ...", file=sys.stderr)
-    a = float(wall([sys.executable, "-c", SEED_BASELINE, str(CORPUS), str(weights)])[2].stdout) if weights else None
+    a = float(wall([sys.executable, "-c", SEED_BASELINE, str(CAMERA_CORPUS), str(weights)])[2].stdout) if weights else None
     print("(b) in-process ceiling ...", file=sys.stderr)
     rates, model_rate, engine = in_process(model_dir, files, [int(s) for s in args.batch_sizes.split(",")])
     b = max(rates.values())
@@ -376,7 +261,7 @@ def main() -> int:
     half = None
     if not args.no_bf16:
         print("bf16 mode: (b), (c) and embedding cosine vs fp32 ...", file=sys.stderr)
-        half_model = build_archive(args.arch, model_store, weights, bf16_config(work), f"{model}-bf16")
+        half_model = archive(args.arch, model_store, weights, bf16_config(work), f"{model}-bf16")
         half_dir = work / "unpacked-bf16"
         zipfile.ZipFile(model_store / f"{half_model}.mar").extractall(half_dir)
         half_rates, _, half_engine = in_process(half_dir, files, [engine["best_batch"]])
@@ -427,7 +312,7 @@ def main() -> int:
     command = "python bench/throughput.py " + " ".join(sys.argv[1:])
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"\n## {stamp}: {args.arch}, {len(files)} photos of {min(megapixels):.1f}-{max(megapixels):.1f} MP\n\n"
-               f"Machine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}")  # fmt: skip
+               f"Machine: {machine().describe()}\n\nCommand: `{command.strip()}`\n\n{table}")  # fmt: skip
     print(section)
     args.docs.parent.mkdir(parents=True, exist_ok=True)
     if not args.docs.exists():

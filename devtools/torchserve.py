@@ -1,0 +1,140 @@
+"""Builds archives and runs real TorchServe through the repository's own build_mar.sh and serve.sh.
+
+Every server started here listens on free loopback ports in a folder of its own
+(``TMPDIR`` too, where TorchServe keeps its pid file), so several run side by side and
+none takes the README's 127.0.0.1:8080. Ready means "answers an inference", never /ping.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from client.torchserve_client import Keys, read_keys
+from devtools import REPO, processes
+from devtools.images import one_pixel
+from devtools.ports import free_port
+
+
+def tool_env() -> dict[str, str]:
+    """PATH with this interpreter's bin first, so the scripts find the same torchserve and Python."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHON"] = sys.executable
+    return env
+
+
+def build_archive(out: Path, *args: str) -> Path:
+    """Runs ``build_mar.sh --out out ARGS`` (``--arch``, ``--name``, ``--weights``, ...); returns ``out``."""
+    result = subprocess.run(
+        [str(REPO / "build_mar.sh"), "--out", str(out), *args],
+        env=tool_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"build_mar.sh {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return out
+
+
+@dataclass
+class TorchServe:
+    workdir: Path
+    url: str
+    management_url: str
+    metrics_url: str
+    models: tuple[str, ...]
+    env: dict[str, str]
+
+    @classmethod
+    def start(
+        cls, workdir: Path, model_store: Path, models: tuple[str, ...], settings: dict[str, str] | None = None,
+        timeout: float = 300,
+    ) -> TorchServe:  # fmt: skip
+        """serve.sh on free ports from ``workdir``, then waits until each model answers an inference.
+
+        ``settings``: more config.properties entries (``--set key=value``), e.g. ``vmargs``.
+        """
+        workdir.mkdir(parents=True, exist_ok=True)
+        ports = [free_port() for _ in range(5)]
+        env = tool_env()
+        env["TMPDIR"] = str(workdir)  # TorchServe keeps its pid file there: servers stay apart
+        command = [str(REPO / "serve.sh"), "--model-store", str(model_store)]
+        for model in models:
+            command += ["--model", model]
+        for flag, port in zip(("--inference-address", "--management-address", "--metrics-address"), ports):
+            command += [flag, f"http://127.0.0.1:{port}"]
+        command += ["--set", f"grpc_inference_port={ports[3]}", "--set", f"grpc_management_port={ports[4]}"]
+        for key, value in (settings or {}).items():
+            command += ["--set", f"{key}={value}"]
+        result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+        server = cls(workdir, *(f"http://127.0.0.1:{p}" for p in ports[:3]), models, env)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"serve.sh failed ({result.returncode}):\n{result.stderr}{server.log('torchserve.out')[-3000:]}"
+            )
+        try:
+            for model in models:
+                server.wait_until_serving(model, timeout)
+        except BaseException:
+            server.stop()  # a server that never became ready must not outlive its caller
+            raise
+        return server
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    @property
+    def keys(self) -> Keys:
+        return read_keys(self.key_file)
+
+    @property
+    def key(self) -> str:
+        """The inference key."""
+        return self.keys.inference
+
+    @property
+    def management_key(self) -> str:
+        return self.keys.management
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def predict_url(self, model: str) -> str:
+        return f"{self.url}/predictions/{model}"
+
+    def log(self, name: str = "model_log.log") -> str:
+        path = self.workdir / "logs" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def prediction_requests(self, model: str) -> int:
+        """How many prediction requests the server logged for ``model`` (its access log)."""
+        return sum(f"/predictions/{model} " in line for line in self.log("access_log.log").splitlines())
+
+    def frontend_pid(self) -> int:
+        """The Java frontend's process id."""
+        return processes.frontend_pid(self.workdir)
+
+    def worker_pids(self) -> list[int]:
+        """The Python model workers' process ids, lowest first."""
+        return processes.worker_pids(self.workdir)
+
+    def wait_until_serving(self, model: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                r = requests.post(self.predict_url(model), data=one_pixel(), headers=self.headers(), timeout=30)
+                if r.status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{model} never answered 200 within {timeout:.0f} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        subprocess.run(["torchserve", "--stop"], cwd=self.workdir, env=self.env, capture_output=True, timeout=120)
