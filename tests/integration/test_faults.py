@@ -1,13 +1,12 @@
 """Faults and load against real processes: a killed model worker, a killed client, a server stopped
 midway, and 8 clients for 60 s. Each test that hurts a server starts its own (the session one stays up).
 
-About 4 minutes on 2 cores; `pytest tests/test_faults.py` runs them alone.
+About 4 minutes on 2 cores; `pytest tests/integration/test_faults.py` runs them alone.
 """
 
 from __future__ import annotations
 
 import http.server
-import io
 import os
 import signal
 import sqlite3
@@ -24,12 +23,16 @@ import psutil
 import pytest
 from PIL import Image
 
-from bench.load_test import run_load
-from client.api import EmbeddingClient, ServerError, Upload
-from tests.conftest import IMAGES, LITE, REPO, stored_count
-from tests.server import TorchServe
+from client.torchserve_client import EmbeddingClient, ServerError, Upload
+from devtools import IMAGES, REPO
+from devtools.images import repo_photos
+from devtools.load import run_load
+from devtools.torchserve import TorchServe
+from tests.conftest import LITE, stored_count
+from tests.support.cli import client_command, json_frame, run_client
 
 FOLDER_SIZE = 200
+RANKING = ["rank", "file", "score", "label", "sha256"]  # the columns two runs must agree on
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def own_server(tmp_path_factory, model_store):
 def salted_copies(folder: Path, count: int) -> Path:
     """``count`` JPEGs made from the real photos, their bytes unlike any other test's (a salt in a comment)."""
     folder.mkdir(parents=True, exist_ok=True)
-    photos = sorted(p for p in IMAGES.iterdir() if p.suffix in (".jpg", ".png"))
+    photos = repo_photos()
     salt = uuid.uuid4().hex
     for i in range(count):
         source = photos[i % len(photos)]
@@ -53,10 +56,9 @@ def salted_copies(folder: Path, count: int) -> Path:
     return folder
 
 
-def rank_command(server, folder: Path, *args: str) -> list[str]:
-    return [sys.executable, str(REPO / "client" / "rank.py"), "--url", server.url, "--model", LITE,
-            "--token-file", str(server.key_file), "--quiet", "--images_folder", str(folder),
-            "--ref_image", "000_astronaut.jpg", "--format", "json", *args]  # fmt: skip
+def rank_args(folder: Path, *args: str) -> tuple[str, ...]:
+    """rank.py's arguments for ranking ``folder`` against its first photo, as JSON."""
+    return ("--images_folder", str(folder), "--ref_image", "000_astronaut.jpg", "--format", "json", *args)
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -64,11 +66,6 @@ def wait_for(condition, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def ranking(stdout: str) -> pd.DataFrame:
-    frame = pd.read_json(io.StringIO(stdout), orient="records")
-    return frame[["rank", "file", "score", "label", "sha256"]]
 
 
 # --- load -----------------------------------------------------------------------------------------
@@ -90,13 +87,14 @@ def test_8_clients_for_60_s_get_no_unexpected_error_and_worker_memory_stays_flat
 
 def test_a_killed_worker_is_restarted_and_the_ranking_equals_a_clean_runs(own_server, tmp_path):
     folder = salted_copies(tmp_path / "photos", FOLDER_SIZE)
-    clean = subprocess.run(rank_command(own_server, folder, "--no-store"), capture_output=True, text=True, timeout=600)
+    clean = run_client("rank", *rank_args(folder, "--no-store"), server=own_server)
     assert clean.returncode == 0, clean.stderr
 
     store = tmp_path / "store.sqlite"
     before_log = len(own_server.log("access_log.log").splitlines())
     process = subprocess.Popen(
-        rank_command(own_server, folder, "--store", str(store), "--batch-size", "8", "--concurrency", "2"),
+        client_command("rank", *rank_args(folder, "--store", str(store), "--batch-size", "8", "--concurrency", "2"),
+                       server=own_server),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(lambda: stored_count(store) >= 40 or process.poll() is not None, 300, "40 stored images")
@@ -107,7 +105,7 @@ def test_a_killed_worker_is_restarted_and_the_ranking_equals_a_clean_runs(own_se
         os.kill(pid, signal.SIGKILL)
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
-    pd.testing.assert_frame_equal(ranking(out), ranking(clean.stdout), check_exact=False, atol=1e-4)
+    pd.testing.assert_frame_equal(json_frame(out)[RANKING], json_frame(clean)[RANKING], check_exact=False, atol=1e-4)
     assert f"sent {FOLDER_SIZE} to the server" in err
 
     # TorchServe restarted the worker, and the client retried what the dead worker had in hand
@@ -232,7 +230,8 @@ def pg_count(url: str) -> int:
 def test_a_killed_client_leaves_postgres_consistent_and_the_rerun_embeds_only_the_rest(server, pg_url, tmp_path):
     folder = salted_copies(tmp_path / "pg", FOLDER_SIZE)
     before = pg_count(pg_url)
-    command = rank_command(server, folder, "--store", pg_url, "--batch-size", "4", "--concurrency", "1")
+    command = client_command("rank", *rank_args(folder, "--store", pg_url, "--batch-size", "4", "--concurrency", "1"),
+                             server=server)  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: pg_count(pg_url) - before >= 20 or process.poll() is not None, 300, "20 stored images")
     pg_port = urlsplit(pg_url).port
@@ -257,8 +256,8 @@ def test_stopping_torchserve_midway_ends_the_run_with_a_clear_message_and_keeps_
     try:
         folder = salted_copies(tmp_path / "photos", FOLDER_SIZE)
         store = tmp_path / "store.sqlite"
-        command = rank_command(doomed, folder, "--store", str(store), "--batch-size", "4", "--concurrency", "1",
-                               "--retries", "2")  # fmt: skip
+        command = client_command("rank", *rank_args(folder, "--store", str(store), "--batch-size", "4",
+                                                    "--concurrency", "1", "--retries", "2"), server=doomed)  # fmt: skip
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: stored_count(store) >= 20 or process.poll() is not None, 300, "20 stored images")
         assert process.poll() is None, "the run finished before the server could be stopped"

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torchvision
 import yaml
-from imgsim.models import get_spec, load_model
-from imgsim.payload import parse_request
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from devtools.images import encode, photo
+from imgsim.models import get_spec, load_model
+from imgsim.payload import parse_request
 from tests.conftest import LITE, RESNET
-from tests.images import encode, photo
 
 TS_METRICS = Path(torch.__file__).parent.parent / "ts" / "configs" / "metrics.yaml"
 

@@ -24,15 +24,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
+from PIL import Image
+
+from devtools.images import (
+    blue_exif_rotated_jpeg,
+    encode,
+    photo,
+    red_palette_with_transparency,
+    rgb_animated_gif,
+    striped_sixteen_bit_png,
+    tar_of,
+)
 from imgsim.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from imgsim.models import get_spec
 from imgsim.payload import parse_request
 from imgsim.preprocess import crop_uint8
-from PIL import Image
-
-from tests.images import (
-    animated_gif, encode, exif_rotated_jpeg, palette_with_transparency, photo, sixteen_bit_png, tar_of,
-)  # fmt: skip
 
 # hypothesis caches what it learns in ./.hypothesis; keep the checkout clean
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "imgsim-hypothesis")
@@ -53,15 +59,15 @@ def _seeds() -> dict[str, bytes]:
     seeds["cmyk_jpeg"] = encode(small.convert("CMYK"), "JPEG")
     seeds["lossless_webp"] = encode(small, "WEBP", lossless=True)
     seeds["deflate_tiff"] = encode(small, "TIFF", compression="tiff_adobe_deflate")
-    seeds["exif_jpeg"] = exif_rotated_jpeg()
+    seeds["exif_jpeg"] = blue_exif_rotated_jpeg()
     exif = Image.Exif()
     exif[0x0112] = 8  # EXIF orientation outside JPEG: PNG's eXIf chunk, WebP's EXIF chunk
     seeds["exif_png"] = encode(small, "PNG", exif=exif)
     seeds["exif_webp"] = encode(small, "WEBP", exif=exif)
     seeds["two_page_tiff"] = encode(small, "TIFF", save_all=True, append_images=[small.rotate(90)])
-    seeds["animated_gif"] = animated_gif()
-    seeds["palette_png"] = palette_with_transparency()
-    seeds["sixteen_bit_png"] = sixteen_bit_png()
+    seeds["animated_gif"] = rgb_animated_gif()
+    seeds["palette_png"] = red_palette_with_transparency()
+    seeds["sixteen_bit_png"] = striped_sixteen_bit_png()
     return seeds
 
 

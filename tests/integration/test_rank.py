@@ -9,7 +9,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,28 +16,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.browser import rendered_images
-from tests.conftest import IMAGES, LITE, REPO, stored_count
-from tests.server import free_port
+from devtools import IMAGES, REPO
+from devtools.images import repo_photos
+from devtools.ports import free_port
+from tests.conftest import LITE, stored_count
+from tests.support.browser import rendered_images
+from tests.support.cli import client_command, json_frame, run_client
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
-
-
-def rank(server, *args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 600):
-    command = [sys.executable, str(REPO / "client" / "rank.py"), "--url", server.url, "--model", LITE,
-               "--token-file", str(server.key_file), "--quiet", *args]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def as_frame(result) -> pd.DataFrame:
-    assert result.returncode == 0, result.stderr
-    return pd.read_json(io.StringIO(result.stdout), orient="records")
 
 
 def distinct_copies(folder: Path, count: int) -> Path:
     """``count`` JPEGs with distinct bytes made from the real photos (re-encoded at varying quality)."""
     folder.mkdir(parents=True, exist_ok=True)
-    photos = sorted(p for p in IMAGES.iterdir() if p.suffix in (".jpg", ".png"))
+    photos = repo_photos()
     for i in range(count):
         source = Image.open(photos[i % len(photos)]).convert("RGB")
         source.save(folder / f"{i:03d}_{photos[i % len(photos)].stem}.jpg", quality=60 + i % 37)
@@ -47,7 +38,7 @@ def distinct_copies(folder: Path, count: int) -> Path:
 
 def test_defaults_rank_the_repo_images_with_the_other_cat_first(server, tmp_path):
     store = tmp_path / "store.sqlite"
-    result = rank(server, "--store", str(store), "--images_folder", "images")
+    result = run_client("rank", "--store", str(store), "--images_folder", "images", server=server)
     assert result.returncode == 0, result.stderr
     table = result.stdout
     assert "rank" in table and "cosine similarity (higher is closer)" in table
@@ -61,15 +52,17 @@ def test_second_run_sends_nothing_to_the_server(server, tmp_path):
     folder = distinct_copies(tmp_path / "photos", 30)
     store = tmp_path / "s.sqlite"
     shutil.copy(IMAGES / "cat.png", folder / "cat.png")
-    first = as_frame(rank(server, "--images_folder", str(folder), "--store", str(store), "--format", "json"))
+    first = json_frame(run_client("rank", "--images_folder", str(folder), "--store", str(store), "--format", "json",
+                                  server=server))  # fmt: skip
     before = server.prediction_requests(LITE)
-    second = rank(server, "--images_folder", str(folder), "--store", str(store), "--format", "json")
+    second = run_client("rank", "--images_folder", str(folder), "--store", str(store), "--format", "json",
+                        server=server)  # fmt: skip
     assert server.prediction_requests(LITE) == before
     assert "sent 0 to the server, reused 31" in second.stderr
-    pd.testing.assert_frame_equal(first, as_frame(second))
+    pd.testing.assert_frame_equal(first, json_frame(second))
     # an added file is embedded once, nothing else is sent again
     Image.open(IMAGES / "coffee.jpg").save(folder / "new.png")
-    third = rank(server, "--images_folder", str(folder), "--store", str(store), "--format", "json")
+    third = run_client("rank", "--images_folder", str(folder), "--store", str(store), "--format", "json", server=server)
     assert "sent 1 to the server" in third.stderr
 
 
@@ -81,8 +74,9 @@ def test_identical_bytes_are_embedded_once_and_marked(server, tmp_path):
     shutil.copy(IMAGES / "coffee.jpg", folder / "b" / "x.jpg")  # same name, other folder, same bytes
     shutil.copy(IMAGES / "cat.png", folder / "cat.png")
     shutil.copy(IMAGES / "cat.png", folder / "cat_copy.png")
-    result = rank(server, "--images_folder", str(folder), "--recursive", "--no-store", "--format", "json")
-    frame = as_frame(result)
+    result = run_client("rank", "--images_folder", str(folder), "--recursive", "--no-store", "--format", "json",
+                        server=server)  # fmt: skip
+    frame = json_frame(result)
     assert "sent 2 to the server" in result.stderr
     assert set(frame["file"]) == {"a/x.jpg", "b/x.jpg", "cat_copy.png"}  # the reference itself is left out
     assert frame.set_index("file").loc["cat_copy.png", "duplicate_of"] == "cat.png"
@@ -91,7 +85,8 @@ def test_identical_bytes_are_embedded_once_and_marked(server, tmp_path):
 
 @pytest.mark.parametrize("metric, ascending", [("euclidean", True), ("manhattan", True), ("dot", False)])
 def test_metric_order_follows_its_kind(server, tmp_path, metric, ascending):
-    result = rank(server, "--metric", metric, "--format", "csv", "--store", str(tmp_path / "s.sqlite"), "--images_folder", "images")
+    result = run_client("rank", "--metric", metric, "--format", "csv", "--store", str(tmp_path / "s.sqlite"),
+                        "--images_folder", "images", server=server)  # fmt: skip
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(io.StringIO(result.stdout))
     assert list(frame["score"]) == sorted(frame["score"], reverse=not ascending)
@@ -103,8 +98,8 @@ def test_csv_carries_every_row_including_failures_and_skips_non_images(server, t
     (folder / "notes.txt").write_text("not an image")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
     out = tmp_path / "ranking.csv"
-    result = rank(server, "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--no-store",
-                  "--format", "csv", "--output", str(out))  # fmt: skip
+    result = run_client("rank", "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--no-store",
+                        "--format", "csv", "--output", str(out), server=server)  # fmt: skip
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out)
     assert len(frame) == 15 and frame["score"].notna().sum() == 14
@@ -116,16 +111,16 @@ def test_csv_carries_every_row_including_failures_and_skips_non_images(server, t
 
 def test_html_report_renders_every_thumbnail_in_chromium(server, tmp_path):
     page = tmp_path / "report.html"
-    result = rank(server, "--store", str(tmp_path / "s.sqlite"), "--images_folder", "images", "--html", str(page), "--top-k", "5")
+    result = run_client("rank", "--store", str(tmp_path / "s.sqlite"), "--images_folder", "images", "--html", str(page),
+                        "--top-k", "5", server=server)  # fmt: skip
     assert result.returncode == 0, result.stderr
     ok, total = rendered_images(page, tmp_path / "chromium")
     assert total == 6 and ok == total  # the reference and the top 5
 
 
 def test_server_not_reachable_is_one_line_and_exit_code_2(server, tmp_path):
-    command = [sys.executable, str(REPO / "client" / "rank.py"), "--url", f"http://127.0.0.1:{free_port()}",
-               "--token", "x", "--no-store", "--quiet", "--retries", "1"]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_client("rank", "--url", f"http://127.0.0.1:{free_port()}", "--token", "x", "--no-store", "--quiet",
+                        "--retries", "1", timeout=300)  # fmt: skip
     assert result.returncode == 2
     assert "cannot reach TorchServe at http://127.0.0.1:" in result.stderr and "serve.sh" in result.stderr
     assert "Traceback" not in result.stderr
@@ -133,9 +128,8 @@ def test_server_not_reachable_is_one_line_and_exit_code_2(server, tmp_path):
 
 def test_refused_key_says_which_key_and_where_and_never_prints_it(server, tmp_path):
     env = {**os.environ, "IMGSIM_TOKEN": "not-the-key-123"}
-    command = [sys.executable, str(REPO / "client" / "rank.py"), "--url", server.url, "--model", LITE,
-               "--no-store", "--quiet", "--images_folder", str(IMAGES)]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    result = run_client("rank", "--url", server.url, "--model", LITE, "--no-store", "--quiet", "--images_folder",
+                        str(IMAGES), cwd=tmp_path, env=env, timeout=300)  # fmt: skip
     assert result.returncode == 2
     assert "refused the inference key ($IMGSIM_TOKEN)" in result.stderr and "key_file.json" in result.stderr
     assert "not-the-key-123" not in result.stderr + result.stdout
@@ -144,10 +138,8 @@ def test_refused_key_says_which_key_and_where_and_never_prints_it(server, tmp_pa
 def test_killed_run_leaves_a_sound_store_and_the_rerun_embeds_only_the_rest(server, tmp_path):
     folder = distinct_copies(tmp_path / "many", 120)
     store = tmp_path / "kill.sqlite"
-    command = [sys.executable, str(REPO / "client" / "rank.py"), "--url", server.url, "--model", LITE,
-               "--token-file", str(server.key_file), "--quiet", "--images_folder", str(folder),
-               "--ref_image", str(IMAGES / "cat.png"), "--store", str(store), "--batch-size", "4",
-               "--concurrency", "1"]  # fmt: skip
+    command = client_command("rank", "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store",
+                             str(store), "--batch-size", "4", "--concurrency", "1", server=server)  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     stored = 0
@@ -160,27 +152,29 @@ def test_killed_run_leaves_a_sound_store_and_the_rerun_embeds_only_the_rest(serv
     with sqlite3.connect(store) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     kept = stored_count(store)
-    result = rank(server, "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store", str(store))
+    result = run_client("rank", "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store",
+                        str(store), server=server)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"sent {121 - kept} to the server, reused {kept}" in result.stderr
 
 
 def test_postgres_store_behaves_the_same(server, tmp_path, pg_url):
     folder = distinct_copies(tmp_path / "pg", 12)
-    first = rank(server, "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store", pg_url,
-                 "--format", "json")  # fmt: skip
+    first = run_client("rank", "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store",
+                       pg_url, "--format", "json", server=server)  # fmt: skip
     assert "sent 13 to the server" in first.stderr, first.stderr
-    second = rank(server, "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store", pg_url,
-                  "--format", "json")  # fmt: skip
+    second = run_client("rank", "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store",
+                        pg_url, "--format", "json", server=server)  # fmt: skip
     assert "sent 0 to the server" in second.stderr
-    pd.testing.assert_frame_equal(as_frame(first), as_frame(second), check_exact=False, atol=1e-5)
+    pd.testing.assert_frame_equal(json_frame(first), json_frame(second), check_exact=False, atol=1e-5)
 
 
 def test_collection_search_ranks_everything_stored_for_the_model(server, tmp_path):
     store = tmp_path / "collection.sqlite"
-    assert rank(server, "--store", str(store), "--images_folder", "images").returncode == 0
-    result = rank(server, "--store", str(store), "--ref_image", str(IMAGES / "black_cat.jpg"), "--format", "json")
-    frame = as_frame(result)
+    assert run_client("rank", "--store", str(store), "--images_folder", "images", server=server).returncode == 0
+    result = run_client("rank", "--store", str(store), "--ref_image", str(IMAGES / "black_cat.jpg"), "--format", "json",
+                        server=server)  # fmt: skip
+    frame = json_frame(result)
     assert "sent 0 to the server" in result.stderr
     assert frame.iloc[0]["file"] == "cat.png"
     assert "black_cat.jpg" not in set(frame["file"])
@@ -189,7 +183,7 @@ def test_collection_search_ranks_everything_stored_for_the_model(server, tmp_pat
 
 def test_seen_answers_exact_near_or_not_seen_from_the_store(server, tmp_path):
     store = tmp_path / "seen.sqlite"
-    assert rank(server, "--store", str(store), "--images_folder", "images").returncode == 0
+    assert run_client("rank", "--store", str(store), "--images_folder", "images", server=server).returncode == 0
     edited = tmp_path / "coffee_edit.jpg"
     Image.open(IMAGES / "coffee.jpg").convert("RGB").resize((500, 333)).save(edited, quality=70)
     copy = tmp_path / "tent_copy.jpg"
@@ -198,7 +192,8 @@ def test_seen_answers_exact_near_or_not_seen_from_the_store(server, tmp_path):
     Image.effect_noise((300, 200), 60).convert("RGB").save(unseen)
     answers = {}
     for name, path in {"copy": copy, "edit": edited, "new": unseen}.items():
-        result = rank(server, "--store", str(store), "--ref_image", str(path), "--seen", "--format", "json")
+        result = run_client("rank", "--store", str(store), "--ref_image", str(path), "--seen", "--format", "json",
+                            server=server)  # fmt: skip
         assert result.returncode == 0, result.stderr
         answers[name] = result.stderr.strip().splitlines()[-1]
     assert "seen:" in answers["copy"] and "exact" in answers["copy"]

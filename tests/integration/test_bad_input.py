@@ -4,11 +4,8 @@ server that keeps answering, and good images in the same request still served.""
 from __future__ import annotations
 
 import base64
-import json
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +13,13 @@ import numpy as np
 import pytest
 import requests
 
-from client.api import EmbeddingClient, Upload
-from tests import bad_inputs
-from tests.bad_inputs import BY_NAME, CASES, GOOD, Case, Request
-from tests.conftest import IMAGES, LITE, REPO
-from tests.images import encode, photo
+from client.torchserve_client import EmbeddingClient, Upload
+from devtools import IMAGES, REPO
+from devtools.images import cat_exif_rotated_jpeg, cat_upright_jpeg, encode, photo
+from tests.conftest import LITE
+from tests.support import bad_inputs
+from tests.support.bad_inputs import BY_NAME, CASES, GOOD, Case, Request
+from tests.support.cli import json_frame, run_client
 
 TABLE = REPO / "docs" / "BAD_INPUT.md"
 ROW = re.compile(r"^\|\s*`(?P<case>[a-z0-9_]+)`\s*\|(?P<what>[^|]*)\|\s*(?P<status>\d{3})\s*\|(?P<code>[^|]*)\|(?P<beside>[^|]*)\|\s*$")
@@ -145,8 +144,8 @@ def test_valid_unusual_images_embed_like_their_source_photo(server):
 
 
 def test_exif_orientation_is_what_makes_the_sideways_jpeg_upright(server):
-    upright = embedding(server, bad_inputs.upright_jpeg())
-    with_exif = embedding(server, bad_inputs.exif_rotated_jpeg())
+    upright = embedding(server, cat_upright_jpeg())
+    with_exif = embedding(server, cat_exif_rotated_jpeg())
     sideways = embedding(server, encode(photo("cat.png").transpose(2), "JPEG", quality=90))  # same pixels, no EXIF
     assert cosine(with_exif, upright) > 0.99
     assert cosine(sideways, upright) < cosine(with_exif, upright) - 0.05
@@ -190,12 +189,9 @@ def test_the_client_splits_a_batch_over_the_request_size_limit(server, tmp_path:
 
 
 def rank_json(server, folder: Path, reference: Path) -> tuple[dict, str]:
-    command = [sys.executable, str(REPO / "client" / "rank.py"), "--url", server.url, "--model", LITE,
-               "--token-file", str(server.key_file), "--quiet", "--no-store", "--format", "json",
-               "--images_folder", str(folder), "--ref_image", str(reference)]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return {row["file"]: row for row in json.loads(result.stdout)}, result.stderr
+    result = run_client("rank", "--no-store", "--format", "json", "--images_folder", str(folder), "--ref_image",
+                        str(reference), server=server, timeout=300)  # fmt: skip
+    return {row["file"]: row for row in json_frame(result).to_dict("records")}, result.stderr
 
 
 def test_file_names_a_multipart_body_would_merge_keep_their_own_results(server, tmp_path):

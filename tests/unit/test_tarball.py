@@ -8,10 +8,10 @@ import subprocess
 import tarfile
 
 import pytest
+
+from devtools.images import tar_of
 from imgsim.payload import parse_request
 from imgsim.tarball import BLOCK, TarError, looks_like_tar, read_members
-
-from tests.images import tar_of
 
 LONG = "deep/" * 30 + "photo.jpg"  # 159 characters: past ustar's 100-character name field
 

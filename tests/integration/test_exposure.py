@@ -11,7 +11,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,9 +19,11 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import IMAGES, LITE, REPO
-from tests.images import tar_of
-from tests.server import free_port
+from devtools import IMAGES, REPO
+from devtools.images import tar_of
+from devtools.ports import free_port
+from tests.conftest import LITE
+from tests.support.cli import run_client
 
 CONFIG = REPO / "config" / "config.properties"
 INVALID_KEY = "InvalidKeyException"
@@ -31,10 +32,6 @@ INVALID_KEY = "InvalidKeyException"
 def properties(path: Path) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
-
-
-def java_pid(server) -> int:
-    return int((server.workdir / ".model_server.pid").read_text().strip())
 
 
 # --- keys ----------------------------------------------------------------------------------------
@@ -126,7 +123,7 @@ def test_the_running_server_changes_only_ports_of_the_default_config(server):
 
 
 def test_every_listening_socket_of_the_server_is_loopback(server):
-    java = psutil.Process(java_pid(server))
+    java = psutil.Process(server.frontend_pid())
     listening = [c.laddr for c in java.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     ports = {a.port for a in listening}
     effective = properties(next(server.workdir.glob("imgsim-config.*.properties")))
@@ -244,9 +241,9 @@ def test_urls_that_name_paths_reach_no_file(server, path):
 
 
 def rank_with_key(server, key: str, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "client" / "rank.py"), "--url", url or server.url, "--model", LITE,
-               "--token", key, "--quiet", *args]  # fmt: skip
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    """rank.py given the key itself (--token), not the key file."""
+    return run_client("rank", "--url", url or server.url, "--model", LITE, "--token", key, "--quiet", *args,
+                      timeout=300)  # fmt: skip
 
 
 def test_the_client_never_shows_the_key(server, tmp_path):

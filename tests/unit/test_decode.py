@@ -6,14 +6,20 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from PIL import Image
+
+from devtools.images import (
+    blue_exif_rotated_jpeg,
+    encode,
+    photo,
+    png_bomb,
+    red_palette_with_transparency,
+    rgb_animated_gif,
+    striped_sixteen_bit_png,
+)
 from imgsim.decode import DecodeError, decode_image
 from imgsim.models import get_spec
 from imgsim.preprocess import crop_uint8, normalize
-from PIL import Image
-
-from tests.images import (
-    animated_gif, encode, exif_rotated_jpeg, palette_with_transparency, photo, png_bomb, sixteen_bit_png,
-)  # fmt: skip
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
@@ -25,7 +31,7 @@ def test_every_supported_format_decodes_to_rgb_of_the_same_size(fmt):
 
 
 def test_exif_orientation_is_applied():
-    image = decode_image(exif_rotated_jpeg())
+    image = decode_image(blue_exif_rotated_jpeg())
     assert image.size == (32, 64)
 
 
@@ -44,11 +50,11 @@ def test_transparency_is_composited_over_white():
 
 
 def test_palette_transparency_is_composited_over_white():
-    assert decode_image(palette_with_transparency()).getpixel((3, 3)) == (255, 255, 255)
+    assert decode_image(red_palette_with_transparency()).getpixel((3, 3)) == (255, 255, 255)
 
 
 def test_sixteen_bit_grayscale_keeps_its_full_range():
-    image = decode_image(sixteen_bit_png())
+    image = decode_image(striped_sixteen_bit_png())
     values = sorted({image.getpixel((x, 0)) for x in range(8)})
     assert values == [(0, 0, 0), (255, 255, 255)]
 
@@ -65,7 +71,7 @@ def test_grayscale_becomes_rgb():
 
 
 def test_animated_gif_uses_its_first_frame():
-    assert decode_image(animated_gif()).getpixel((5, 5)) == (255, 0, 0)
+    assert decode_image(rgb_animated_gif()).getpixel((5, 5)) == (255, 0, 0)
 
 
 def test_decompression_bomb_is_refused_before_decoding():

