@@ -22,6 +22,6 @@ RUN PYTHON=python ./build_mar.sh --arch "${ARCH}" && chown -R model-server /home
 USER model-server
 
 EXPOSE 8080
-# The very command the integration tests run (tests/server.py), in the foreground and
+# The very command the integration tests run (devtools/torchserve.py), in the foreground and
 # listening on the container's interfaces; management and metrics stay on its loopback.
 CMD ["sh", "-c", "exec ./serve.sh --foreground --model \"${ARCH}-embed\" --inference-address http://0.0.0.0:8080"]
