@@ -27,11 +27,11 @@ test-unit: setup
 
 setup: system-deps $(VENV)/.installed
 
+# Then the project itself, editable: client, devtools and imgsim import from the checkout
+# (setuptools comes with torch, so no build environment is fetched).
 $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-test.txt
-	# the project itself, editable: client, devtools and imgsim import from the checkout
-	# (setuptools comes with torch, so no build environment is fetched)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -10,6 +10,7 @@
 - ``machine``: what this machine is, for the header of a measurement.
 - ``processes``: a TorchServe's frontend and worker processes, their CPU seconds and memory.
 - ``ports``, ``weights``: free loopback ports; random weights laid out like a published file.
+- ``config``: the settings of config/config.properties and model-config.yaml, read once.
 """
 
 from __future__ import annotations

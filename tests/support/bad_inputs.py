@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from devtools import IMAGES
+from devtools.config import handler_settings, server_settings
 from devtools.images import (
     cat_exif_rotated_jpeg,
     cat_palette_with_transparency,
@@ -38,8 +39,8 @@ from devtools.images import (
     truncated_png,
 )
 
-REQUEST_SIZE_LIMIT = 67108864  # max_request_size in config/config.properties
-MAX_IMAGES = 64  # max_images_per_request in config/model-config.yaml
+REQUEST_SIZE_LIMIT = int(server_settings()["max_request_size"])
+MAX_IMAGES = int(handler_settings()["max_images_per_request"])
 GOOD = ("cat.png", "coffee.jpg")  # the good images sent beside each bad one
 
 

@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from client.torchserve_client import DEFAULT_URL, ServerError, read_keys, read_token
+from devtools.config import handler_settings, server_settings
 from imgsim import archive
 from imgsim.models import REGISTRY, get_spec, imagenet_labels, sha256_file
 from imgsim.pipeline import PipelineConfig
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def test_the_handlers_defaults_are_the_model_configs_settings() -> None:
-    settings = yaml.safe_load((REPO / "config" / "model-config.yaml").read_text())["handler"]
+    settings = handler_settings()
     defaults = {field.name: field.default for field in dataclasses.fields(PipelineConfig)}
     assert defaults == settings
     assert PipelineConfig.from_mapping(settings) == PipelineConfig()
 
 
 def test_the_clients_default_address_is_the_servers_inference_address() -> None:
-    config = (REPO / "config" / "config.properties").read_text()
-    (address,) = re.findall(r"^inference_address=(.+)$", config, flags=re.MULTILINE)
-    assert DEFAULT_URL == address.strip()
+    assert DEFAULT_URL == server_settings()["inference_address"]
 
 
 def test_packaged_weights_are_the_registrys_published_ones() -> None:
