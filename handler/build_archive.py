@@ -69,13 +69,29 @@ def resolve_weights(spec: ModelSpec, weights: Path | None, allow_unverified: boo
     return cached, verify(cached, spec)
 
 
+def export(spec: ModelSpec, weights: Path, config: Path, folder: Path) -> dict[str, Path]:
+    """The configured CPU engine's own file, made here so that a worker starts by loading it."""
+    import torch
+    import yaml
+    from imgsim.engines import export_onnx, onnx_file_name
+    from imgsim.models import load_model
+    from imgsim.pipeline import PipelineConfig, engine_kind
+
+    settings = PipelineConfig.from_mapping((yaml.safe_load(config.read_text()) or {}).get("handler") or {})
+    if engine_kind(settings, torch.device("cpu")) != "onnxruntime":
+        return {}  # eager and torchscript run the weights themselves
+    print(f"exporting {spec.name} to ONNX ...", file=sys.stderr)
+    return {"onnxruntime": export_onnx(load_model(spec, weights), spec, folder / onnx_file_name(spec))}
+
+
 def build(args: argparse.Namespace) -> Path:
     spec = get_spec(args.arch)
     weights, digest = resolve_weights(spec, args.weights, args.allow_unverified_weights)
     name = args.name or f"{spec.name}-embed"
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="imgsim-mar-") as tmp:
-        stage = archive.stage(Path(tmp) / "extra", spec, weights, digest)
+        exported = export(spec, weights, args.config, Path(tmp) / "exported")
+        stage = archive.stage(Path(tmp) / "extra", spec, weights, digest, exported)
         command = [
             "torch-model-archiver", "--model-name", name, "--version", HANDLER_VERSION,
             "--handler", str(HERE / "embed_handler.py"), "--extra-files", str(stage),
@@ -83,7 +99,9 @@ def build(args: argparse.Namespace) -> Path:
         ]  # fmt: skip
         subprocess.run(command, check=True)
     mar = args.out / f"{name}.mar"
-    print(f"built {mar} ({spec.name}, weights sha256 {digest[:12]}..., handler {HANDLER_VERSION})", file=sys.stderr)
+    engines = f", exported for {', '.join(exported)}" if exported else ""
+    print(f"built {mar} ({spec.name}, weights sha256 {digest[:12]}..., handler {HANDLER_VERSION}{engines})",
+          file=sys.stderr)  # fmt: skip
     return mar
 
 

@@ -47,15 +47,17 @@ def supported(kind: str, device: torch.device | str, precision: str) -> bool:
 
 
 def make_engine(
-    kind: str, model: EmbeddingNet, spec: ModelSpec, device: torch.device | str,
+    kind: str, model: EmbeddingNet | None, spec: ModelSpec, device: torch.device | str,
     precision: str = "fp32", workdir: Path | None = None, *, threads: int | None = None,
+    exported: Path | None = None,
 ) -> Engine:  # fmt: skip
     """Builds the ``kind`` engine for ``model``, already on ``device`` and in eval mode.
 
     The eager engine takes ``model`` over (it is converted to channels_last in place).
     ``threads`` (ONNX Runtime only) defaults to ``torch.get_num_threads()``, so set torch's
-    thread count first. ``workdir`` keeps the exported ONNX file; without it a temporary
-    folder is used and removed once the session has loaded the file.
+    thread count first. ``exported``: the engine's file made at build time (the ONNX file
+    in an archive), loaded as it is; ``model`` may then be None. Without it the model is
+    exported here, into ``workdir`` (kept) or a temporary folder (removed once loaded).
     """
     device = torch.device(device)
     if kind not in ENGINES:
@@ -68,12 +70,14 @@ def make_engine(
             f"engine {kind!r} does not run {precision} on {device.type}; "
             f"choose one of: {', '.join(here) or 'none (unsupported device)'}"
         )
+    if kind == "onnxruntime":
+        return OnnxRuntimeEngine(model, spec, workdir, threads or torch.get_num_threads(), onnx_file=exported)
+    if model is None:
+        raise ValueError(f"engine {kind!r} runs the torch model: pass it")
     model = model.eval()
     if kind == "eager":
         return EagerEngine(model, device, precision)
-    if kind == "torchscript":
-        return TorchScriptEngine(model, spec)
-    return OnnxRuntimeEngine(model, spec, workdir, threads or torch.get_num_threads())
+    return TorchScriptEngine(model, spec)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -132,7 +136,8 @@ class OnnxRuntimeEngine:
     INPUT, OUTPUTS = "pixels", ("logits", "features")
 
     def __init__(
-        self, model: EmbeddingNet, spec: ModelSpec, workdir: Path | None, threads: int, spinning: bool = False,
+        self, model: EmbeddingNet | None, spec: ModelSpec, workdir: Path | None, threads: int,
+        spinning: bool = False, onnx_file: Path | None = None,
     ):  # fmt: skip
         try:
             import onnxruntime as ort
@@ -153,9 +158,12 @@ class OnnxRuntimeEngine:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         with contextlib.ExitStack() as stack:
-            folder = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            path = export_onnx(model, spec, folder / f"{spec.name}.onnx")
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            if onnx_file is None:
+                if model is None:
+                    raise ValueError("the onnxruntime engine needs the model or its exported ONNX file")
+                folder = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                onnx_file = export_onnx(model.eval(), spec, folder / onnx_file_name(spec))
+            self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self.threads, self.spinning = threads, spinning
         self(_example(spec))  # the first run sizes ONNX Runtime's memory arena
 
@@ -163,6 +171,10 @@ class OnnxRuntimeEngine:
         pixels = x.detach().to("cpu", torch.float32).contiguous().numpy()
         logits, features = self.session.run(self.OUTPUTS, {self.INPUT: pixels})
         return torch.from_numpy(logits), torch.from_numpy(features)
+
+
+def onnx_file_name(spec: ModelSpec) -> str:
+    return f"{spec.name}.onnx"
 
 
 def export_onnx(model: EmbeddingNet, spec: ModelSpec, path: Path) -> Path:

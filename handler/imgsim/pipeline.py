@@ -71,6 +71,11 @@ class Batch:
     features: torch.Tensor | None = None
 
 
+def engine_kind(config: PipelineConfig, device: torch.device) -> str:
+    """The engine that runs on ``device``: the configured one on a CPU; CUDA always runs eager."""
+    return config.engine if device.type == "cpu" else "eager"
+
+
 def select_device(gpu_id: int | None) -> torch.device:
     if gpu_id is not None and torch.cuda.is_available():
         return torch.device(f"cuda:{gpu_id}")
@@ -79,13 +84,14 @@ def select_device(gpu_id: int | None) -> torch.device:
 
 class Pipeline:
     def __init__(
-        self, spec: ModelSpec, model: EmbeddingNet, labels: list[str], identity: ModelIdentity,
-        device: torch.device, config: PipelineConfig,
+        self, spec: ModelSpec, model: EmbeddingNet | None, labels: list[str], identity: ModelIdentity,
+        device: torch.device, config: PipelineConfig, exported: Path | None = None,
     ):  # fmt: skip
-        self.spec, self.model, self.labels, self.identity = spec, model, labels, identity
+        """``model`` may be None when ``exported`` is the engine's own file (an archive's ONNX export)."""
+        self.spec, self.labels, self.identity = spec, labels, identity
         self.device, self.config = device, config
-        kind = config.engine if device.type == "cpu" else "eager"  # ONNX Runtime here is CPU-only
-        self.engine = make_engine(kind, model, spec, device, config.precision)
+        self.engine = make_engine(engine_kind(config, device), model, spec, device, config.precision,
+                                  exported=exported)  # fmt: skip
         self._decoders = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1, "imgsim-decode")
         # the engine sizes its buffers on the first large batches; do it now, not on users' time
         side = spec.input_size
@@ -93,11 +99,13 @@ class Pipeline:
 
     @classmethod
     def from_archive(cls, model_dir: Path, device: torch.device, config: PipelineConfig) -> "Pipeline":
-        """Loads what build_mar.sh put in the archive: identity, labels and weights."""
+        """Loads what build_mar.sh put in the archive: identity, labels, and the engine's exported
+        model where the build made one (then the torch weights are not even read), else the weights."""
         contents = archive.read(model_dir)
         identity = archive.identity(contents.spec, contents.weights_sha256, config.precision)
-        model = load_model(contents.spec, contents.weights, device)
-        return cls(contents.spec, model, contents.labels, identity, device, config)
+        exported = contents.exported.get(engine_kind(config, device))
+        model = None if exported else load_model(contents.spec, contents.weights, device)
+        return cls(contents.spec, model, contents.labels, identity, device, config, exported)
 
     def __call__(self, requests: Sequence[Mapping[str, Any]]) -> list[Reply]:
         return self.respond(self.infer(self.prepare(requests)))

@@ -154,6 +154,40 @@ def test_a_lower_precision_archive_has_its_own_identity(model_store, tmp_path):
     assert replies == [fp32.identity, bf16.identity]
 
 
+def test_the_worker_loads_the_onnx_file_the_build_exported_and_never_reads_the_weights(model_store, tmp_path):
+    from imgsim.archive import IDENTITY_FILE
+    from imgsim.pipeline import Pipeline, PipelineConfig
+
+    model_dir = unpack(model_store / f"{LITE}.mar", tmp_path / "lite")
+    stored = json.loads((model_dir / IDENTITY_FILE).read_text())
+    assert list(stored["exported"]) == ["onnxruntime"]  # the default engine's file is made at build time
+    eager = Pipeline.from_archive(model_dir, torch.device("cpu"), PipelineConfig(engine="eager"))
+    (model_dir / stored["weights_file"]).unlink()  # an ONNX Runtime worker has no use for them
+    served = Pipeline.from_archive(model_dir, torch.device("cpu"), PipelineConfig())
+    image = encode(photo("cat.png"), "JPEG")
+    a, b = (json.loads(p([{"body": image}])[0].body) for p in (eager, served))
+    assert b["model"] == a["model"] and b["predictions"][0]["index"] == a["predictions"][0]["index"]
+    assert torch.nn.functional.cosine_similarity(torch.tensor(a["embedding"]), torch.tensor(b["embedding"]), dim=0) > 0.9999
+
+
+def test_an_exported_file_that_is_not_what_the_build_recorded_is_refused(model_store, tmp_path):
+    from imgsim.archive import IDENTITY_FILE, ArchiveError
+    from imgsim.pipeline import Pipeline, PipelineConfig
+
+    model_dir = unpack(model_store / f"{LITE}.mar", tmp_path / "lite")
+    onnx = model_dir / json.loads((model_dir / IDENTITY_FILE).read_text())["exported"]["onnxruntime"]["file"]
+    with open(onnx, "r+b") as f:  # one flipped byte deep inside the weights
+        f.seek(onnx.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ArchiveError, match=rf"{onnx.name} in the archive is .* rebuild the archive with build_mar.sh"):
+        Pipeline.from_archive(model_dir, torch.device("cpu"), PipelineConfig())
+    onnx.unlink()
+    with pytest.raises(ArchiveError, match="missing"):
+        Pipeline.from_archive(model_dir, torch.device("cpu"), PipelineConfig())
+
+
 @pytest.mark.parametrize(
     "parts, expected",
     [
