@@ -9,7 +9,10 @@ and the camera-size JPEGs the throughput benchmarks send.
   text, and combinations) with random strengths from a seed, plus ``truth.csv`` saying
   which copy came from which photo. ``bench/photo_corpus.py`` is its command line.
 - ``camera_corpus()``: random crops and rescales of those photos to 2-6 MP JPEGs, what a
-  camera or phone makes (bench/throughput.py, bench/frontend_cpu.py).
+  camera or phone makes (bench/frontend_cpu.py; bench/throughput.py --corpus plain).
+- ``noisy_camera_corpus()``, ``phone_corpus()``: the same with a camera sensor's noise, saved
+  at the JPEG quality that gives the file sizes real ones have: 0.6-0.9 MB at 2-6 MP, and
+  3-5 MB at 12 MP (bench/throughput.py).
 
 Generated images go to an ignored folder (``.imgsim/``) and are never committed.
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
+import json
 import math
 import random
 import shutil
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from devtools import CACHE, IMAGES
@@ -464,12 +470,18 @@ def describe(photos: Sequence[Photo]) -> Iterator[str]:
 # --- camera-size JPEGs --------------------------------------------------------------------------
 
 CAMERA_CORPUS = CACHE / "bench-corpus"
+NOISY_CAMERA_CORPUS = CACHE / "bench-corpus-noisy"
+PHONE_CORPUS = CACHE / "bench-corpus-phone"
+CORPUS_STAMP = "corpus.json"  # what a noisy corpus folder holds: kind, count, seed, and per file how it was made
+NOISE_VERSION = 1  # bump when the generator changes, so that cached corpora are made again
 
 
 def camera_corpus(count: int, seed: int = 0) -> list[Path]:
     """``count`` JPEGs of 2-6 MP: random crops and rescales of the real photos here, in CAMERA_CORPUS.
 
     Written once per count: a folder that already holds ``count`` of them is reused.
+    Rescaled photos are smooth and compress far smaller than a camera's (about 0.2-0.5 MB);
+    ``noisy_camera_corpus`` makes files of a camera's size.
     """
     CAMERA_CORPUS.mkdir(parents=True, exist_ok=True)
     existing = sorted(CAMERA_CORPUS.glob("*.jpg"))
@@ -478,20 +490,143 @@ def camera_corpus(count: int, seed: int = 0) -> list[Path]:
     shutil.rmtree(CAMERA_CORPUS)
     CAMERA_CORPUS.mkdir(parents=True)
     rng = random.Random(seed)
-    photos = [p for p in collect_photos() if pixels(p.path) >= 250_000]
+    photos = _large_photos()
     for i in range(count):
-        photo = photos[i % len(photos)]
-        image = photo.load()
-        w, h = image.size
-        keep = rng.uniform(0.7, 1.0)
-        cw, ch = int(w * keep), int(h * keep)
-        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        image = image.crop((left, top, left + cw, top + ch))
-        target = rng.uniform(2.0e6, 6.0e6)
-        scale = (target / (cw * ch)) ** 0.5
-        image = image.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC)
+        image = camera_frame(photos[i % len(photos)].load(), rng, 2.0e6, 6.0e6)
         image.save(CAMERA_CORPUS / f"{i:04d}.jpg", quality=rng.randint(80, 92))
     return sorted(CAMERA_CORPUS.glob("*.jpg"))
+
+
+def _large_photos() -> list[Photo]:
+    return [p for p in collect_photos() if pixels(p.path) >= 250_000]
+
+
+def camera_frame(image: Image.Image, rng: random.Random, low_pixels: float, high_pixels: float) -> Image.Image:
+    """A random crop keeping 70-100 % of each side, rescaled to low-high pixels in all."""
+    w, h = image.size
+    keep = rng.uniform(0.7, 1.0)
+    cw, ch = int(w * keep), int(h * keep)
+    left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    image = image.crop((left, top, left + cw, top + ch))
+    scale = (rng.uniform(low_pixels, high_pixels) / (cw * ch)) ** 0.5
+    return image.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC)
+
+
+def phone_frame(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A random 4:3 crop keeping 80-100 % of the largest one, as a 4000x3000 (or, upright, 3000x4000) frame."""
+    portrait = image.height > image.width or rng.random() < 0.25
+    size = (3000, 4000) if portrait else (4000, 3000)
+    aspect = size[0] / size[1]
+    cw = min(image.width, image.height * aspect) * rng.uniform(0.8, 1.0)
+    ch = cw / aspect
+    left, top = rng.uniform(0, image.width - cw), rng.uniform(0, image.height - ch)
+    return image.resize(size, Image.BICUBIC, box=(left, top, left + cw, top + ch))
+
+
+# ITU-R BT.601, the YCbCr that JPEG stores: luma weights, and what a unit of Cb and Cr adds to R, G, B
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+FROM_CB = np.array([0.0, -0.344136, 1.772], dtype=np.float32)
+FROM_CR = np.array([1.402, -0.714136, 0.0], dtype=np.float32)
+CHROMA_NOISE = 0.7  # chroma sigma as a share of the luma sigma (a camera's noise reduction smooths colour more)
+
+
+def sensor_noise(image: Image.Image, rng: np.random.Generator, sigma: float) -> Image.Image:
+    """A camera sensor's noise over ``image``: Gaussian luma grain of ``sigma`` levels (of 255) per
+    pixel, chroma noise of CHROMA_NOISE x that in blotches of about 2 px, both 1.5x as strong in
+    black as in white (noise shows most in the shadows)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[:2]
+    shadow = 1.5 - (rgb @ LUMA) * (0.5 / 255)
+    rgb += (rng.standard_normal((h, w), dtype=np.float32) * (sigma * shadow))[..., None]
+    for towards in (FROM_CB, FROM_CR):
+        rgb += (_blotches(rng, w, h) * (sigma * CHROMA_NOISE * shadow))[..., None] * towards
+    return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+
+
+def _blotches(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Unit Gaussian noise drawn at half resolution and smoothly upscaled to w x h."""
+    half = rng.standard_normal((h // 2 + 1, w // 2 + 1), dtype=np.float32)
+    return np.asarray(Image.fromarray(half).resize((w, h), Image.BILINEAR))
+
+
+def jpeg_nearest(image: Image.Image, target_bytes: float) -> tuple[bytes, int]:
+    """The JPEG encoding of ``image`` (quality 50-98) whose size is nearest ``target_bytes``, and its quality."""
+    encoded: dict[int, bytes] = {}
+
+    def size(quality: int) -> int:
+        if quality not in encoded:
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=quality)
+            encoded[quality] = buffer.getvalue()
+        return len(encoded[quality])
+
+    low, high = 50, 98  # the highest quality no bigger than the target, by bisection (size grows with quality)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if size(middle) <= target_bytes else (low, middle - 1)
+    best = min({low, min(low + 1, 98)}, key=lambda q: abs(size(q) - target_bytes))
+    return encoded[best], best
+
+
+@dataclass(frozen=True)
+class CameraKind:
+    """What a noisy corpus imitates: its frames and the file sizes real JPEGs of that kind have."""
+
+    name: str
+    frame: Callable[[Image.Image, random.Random], Image.Image]
+    megabytes: tuple[float, float]
+    sigma: tuple[float, float] = (2.5, 4.0)  # luma noise per photo, levels of 255 (ISO varies shot to shot)
+
+
+CAMERA = CameraKind("camera", lambda image, rng: camera_frame(image, rng, 2.05e6, 5.95e6), (0.6, 0.9))
+PHONE = CameraKind("phone", phone_frame, (3.0, 5.0))
+
+
+def noisy_camera_corpus(count: int, seed: int = 0, folder: Path = NOISY_CAMERA_CORPUS) -> list[Path]:
+    """``count`` JPEGs of 2-6 MP with sensor noise, 0.6-0.9 MB each like a camera's, in ``folder``."""
+    return noisy_corpus(CAMERA, count, seed, folder)
+
+
+def phone_corpus(count: int, seed: int = 0, folder: Path = PHONE_CORPUS) -> list[Path]:
+    """``count`` 12 MP JPEGs (4000x3000 or 3000x4000) with sensor noise, 3-5 MB each like a phone's, in ``folder``."""
+    return noisy_corpus(PHONE, count, seed, folder)
+
+
+def noisy_corpus(kind: CameraKind, count: int, seed: int, folder: Path) -> list[Path]:
+    """``count`` frames of the real photos here with sensor noise, each saved at the JPEG quality that
+    gives it a size drawn from ``kind.megabytes``; ``folder/corpus.json`` says how each was made.
+
+    File i depends only on the seed and i, never on ``count``. A folder already holding this
+    kind, count and seed is reused; otherwise its JPEGs are replaced.
+    """
+    stamp = {"kind": kind.name, "count": count, "seed": seed, "version": NOISE_VERSION}
+    manifest = folder / CORPUS_STAMP
+    if manifest.exists() and json.loads(manifest.read_text()).get("corpus") == stamp:
+        return sorted(folder.glob("*.jpg"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("*.jpg"), manifest]:
+        old.unlink(missing_ok=True)
+    photos = _large_photos()
+    made = [_noisy_file(kind, photos[i % len(photos)], random.Random(f"{seed}/{kind.name}/{i}"), folder / f"{i:04d}.jpg")
+            for i in range(count)]  # fmt: skip
+    manifest.write_text(json.dumps({"corpus": stamp, "files": made}, indent=1))
+    return sorted(folder.glob("*.jpg"))
+
+
+def _noisy_file(kind: CameraKind, photo: Photo, rng: random.Random, path: Path) -> dict:
+    frame = kind.frame(photo.load(), rng)
+    noise = np.random.default_rng(rng.getrandbits(64))
+    low, high = (mb * 1e6 for mb in kind.megabytes)
+    target = rng.uniform(low + 0.1 * (high - low), high - 0.1 * (high - low))
+    sigma = rng.uniform(*kind.sigma)
+    for _ in range(6):  # a photo too smooth or too busy for the range gets more or less noise
+        data, quality = jpeg_nearest(sensor_noise(frame, noise, sigma), target)
+        if low <= len(data) <= high:
+            path.write_bytes(data)
+            return {"file": path.name, "photo": photo.name, "size": list(frame.size), "sigma": round(sigma, 3),
+                    "quality": quality, "bytes": len(data)}  # fmt: skip
+        sigma *= 1.5 if len(data) < low else 1 / 1.5
+    raise RuntimeError(f"{photo.name}: no JPEG quality and noise gave {kind.name} a size of {kind.megabytes} MB")
 
 
 def pixels(path: Path) -> int:
