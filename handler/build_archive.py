@@ -73,6 +73,7 @@ def export(spec: ModelSpec, weights: Path, config: Path, folder: Path) -> dict[s
     """The configured CPU engine's own file, made here so that a worker starts by loading it."""
     import torch
     import yaml
+
     from imgsim.engines import export_onnx, onnx_file_name
     from imgsim.models import load_model
     from imgsim.pipeline import PipelineConfig, engine_kind
