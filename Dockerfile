@@ -4,6 +4,7 @@
 #   docker build --build-arg BASE_IMAGE=pytorch/torchserve:0.12.0-gpu -t imgsim:gpu .
 #   docker run --rm -p 127.0.0.1:8080:8080 imgsim             # publish on the host's loopback only
 #   docker exec <container> cat /home/model-server/imgsim/key_file.json   # the inference key
+#   docker exec <container> python -m client.readiness      # exit 0 once every model answers (the HEALTHCHECK)
 ARG BASE_IMAGE=pytorch/torchserve:0.12.0-cpu
 FROM ${BASE_IMAGE}
 ARG ARCH=resnet18
@@ -18,10 +19,14 @@ RUN python -m pip install --no-cache-dir pyyaml==6.0.2 pillow==11.3.0 \
 COPY handler/ handler/
 COPY config/ config/
 COPY build_mar.sh serve.sh ./
+# The readiness check (stdlib only): the container's health check and a Kubernetes exec probe.
+COPY client/__init__.py client/server_files.py client/readiness.py client/
 RUN PYTHON=python ./build_mar.sh --arch "${ARCH}" && chown -R model-server /home/model-server/imgsim
 USER model-server
 
 EXPOSE 8080
+# Healthy only when every model answers a test image (TorchServe's /ping says Healthy while loading).
+HEALTHCHECK --start-period=120s --interval=10s --timeout=30s CMD ["python", "-m", "client.readiness"]
 # The very command the integration tests run (devtools/torchserve.py), in the foreground and
 # listening on the container's interfaces; management and metrics stay on its loopback.
 CMD ["sh", "-c", "exec ./serve.sh --foreground --model \"${ARCH}-embed\" --inference-address http://0.0.0.0:8080"]

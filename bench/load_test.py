@@ -28,7 +28,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from client.torchserve_client import DEFAULT_URL, ServerError, read_keys
+from client.server_files import ServerError, read_keys
+from client.torchserve_client import DEFAULT_URL
 from devtools import REPO
 from devtools.load import RSS_EVERY_S, LoadResult, assert_loopback, run_load
 from devtools.torchserve import TorchServe, build_archive

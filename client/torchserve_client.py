@@ -1,9 +1,8 @@
-"""The TorchServe client: batches as tar bodies, several in flight, retries with backoff; its keys."""
+"""The TorchServe client: batches as tar bodies, several in flight, retries with backoff."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import time
@@ -14,6 +13,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import requests
 
+from client.server_files import ServerError, read_keys
+
 RETRY_STATUSES = (502, 503, 504, 507)  # worker restarting, overloaded or out of memory
 # TorchServe fails the requests in flight when a model worker process dies ("Worker died."):
 # 507 when it saw exit code 137 (SIGKILL, the OOM killer), else 500. It restarts the worker,
@@ -22,10 +23,6 @@ WORKER_DIED = "Worker died."
 TOKEN_ENV = "IMGSIM_TOKEN"
 # config/config.properties' inference_address (a test checks that the two agree)
 DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-class ServerError(Exception):
-    """The run cannot go on; the message says what to do."""
 
 
 class ServerUnreachable(ServerError):
@@ -50,26 +47,6 @@ class Result:
     @property
     def error(self) -> dict | None:
         return self.body.get("error")
-
-
-@dataclass(frozen=True)
-class Keys:
-    """The keys TorchServe made at its start (it offers no way to set them)."""
-
-    inference: str
-    management: str
-
-    def __repr__(self) -> str:  # never in a log or a traceback
-        return "Keys(inference=..., management=...)"
-
-
-def read_keys(key_file: Path) -> Keys:
-    """The keys in the ``key_file.json`` TorchServe writes in the folder it was started from."""
-    try:
-        document = json.loads(Path(key_file).read_text())
-        return Keys(document["inference"]["key"], document["management"]["key"])
-    except (ValueError, KeyError, TypeError):
-        raise ServerError(f"{key_file} is not a TorchServe key file (no inference key in it)") from None
 
 
 def read_token(token: str | None, token_file: Path | None) -> str | None:

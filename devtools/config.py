@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from client.server_files import read_properties
 from devtools import REPO
 
 SERVER_CONFIG = REPO / "config" / "config.properties"
@@ -15,14 +16,8 @@ MODEL_CONFIG = REPO / "config" / "model-config.yaml"
 
 @cache
 def server_settings() -> dict[str, str]:
-    """config/config.properties as key -> value (the last line of a key wins, as in Java's Properties)."""
-    settings = {}
-    for line in SERVER_CONFIG.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            settings[key.strip()] = value.strip()
-    return settings
+    """config/config.properties as key -> value, read as the readiness check reads it."""
+    return read_properties(SERVER_CONFIG)
 
 
 @cache

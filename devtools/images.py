@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from client.readiness import probe_image
 from devtools import IMAGES
 
 
@@ -54,8 +55,8 @@ def tar_of(files: dict[str, bytes], fmt: int = tarfile.PAX_FORMAT, extra=(), glo
 
 
 def one_pixel() -> bytes:
-    """A 1x1 PNG: the smallest image the server serves (also what readiness sends)."""
-    return encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")
+    """A 1x1 PNG: the smallest image the server serves, the very one the readiness check sends."""
+    return probe_image()
 
 
 def blue_exif_rotated_jpeg() -> bytes:

@@ -2,7 +2,9 @@
 
 Every server started here listens on free loopback ports in a folder of its own
 (``TMPDIR`` too, where TorchServe keeps its pid file), so several run side by side and
-none takes the README's 127.0.0.1:8080. Ready means "answers an inference", never /ping.
+none takes the README's 127.0.0.1:8080. Ready means what ``python -m client.readiness`` says
+(every model answers an image), never /ping; serve.sh waits for it, and ``start`` then holds
+serve.sh to its word: the first request after it returns must be answered.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from client.torchserve_client import Keys, read_keys
+from client.server_files import Keys, read_keys
 from devtools import REPO, processes
 from devtools.images import one_pixel
 from devtools.ports import free_port
@@ -55,7 +56,7 @@ class TorchServe:
         cls, workdir: Path, model_store: Path, models: tuple[str, ...], settings: dict[str, str] | None = None,
         timeout: float = 300,
     ) -> TorchServe:  # fmt: skip
-        """serve.sh on free ports from ``workdir``, then waits until each model answers an inference.
+        """serve.sh on free ports from ``workdir`` (it returns once every model answers an inference).
 
         ``settings``: more config.properties entries (``--set key=value``), e.g. ``vmargs``.
         """
@@ -71,7 +72,8 @@ class TorchServe:
         command += ["--set", f"grpc_inference_port={ports[3]}", "--set", f"grpc_management_port={ports[4]}"]
         for key, value in (settings or {}).items():
             command += ["--set", f"{key}={value}"]
-        result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+        command += ["--wait", str(int(timeout))]
+        result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout + 60)
         server = cls(workdir, *(f"http://127.0.0.1:{p}" for p in ports[:3]), models, env)
         if result.returncode != 0:
             raise RuntimeError(
@@ -79,7 +81,7 @@ class TorchServe:
             )
         try:
             for model in models:
-                server.wait_until_serving(model, timeout)
+                server.answers_now(model)
         except BaseException:
             server.stop()  # a server that never became ready must not outlive its caller
             raise
@@ -124,17 +126,30 @@ class TorchServe:
         """The Python model workers' process ids, lowest first."""
         return processes.worker_pids(self.workdir)
 
+    def answers_now(self, model: str) -> None:
+        """One image, no retry: raises unless ``model`` answers it 200 (what "ready" promised)."""
+        r = requests.post(self.predict_url(model), data=one_pixel(), headers=self.headers(), timeout=30)
+        if r.status_code != 200:
+            raise RuntimeError(f"serve.sh said ready, but {model} answered {r.status_code}: {r.text[:300]}")
+
+    def ready(self, *models: str, timeout: float = 10.0) -> bool:
+        """The readiness check, run as a container's exec probe would run it: exit status 0."""
+        result = self.readiness(*models, timeout=timeout)
+        return result.returncode == 0
+
+    def readiness(self, *models: str, wait: float = 0, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "client.readiness", "--dir", str(self.workdir), "--wait", str(wait),
+                   "--timeout", str(timeout), *(arg for model in models for arg in ("--model", model))]  # fmt: skip
+        env = {**self.env, "PYTHONPATH": str(REPO)}
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=wait + 6 * timeout + 60)
+
     def wait_until_serving(self, model: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                r = requests.post(self.predict_url(model), data=one_pixel(), headers=self.headers(), timeout=30)
-                if r.status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{model} never answered 200 within {timeout:.0f} s:\n{self.log()[-3000:]}")
+        """Until the readiness check passes for ``model`` (after a worker restart, say)."""
+        result = self.readiness(model, wait=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{model} not ready within {timeout:.0f} s:\n{result.stderr[-2000:]}\n{self.log()[-3000:]}"
+            )
 
     def stop(self) -> None:
         subprocess.run(["torchserve", "--stop"], cwd=self.workdir, env=self.env, capture_output=True, timeout=120)

@@ -1,5 +1,5 @@
-"""Faults and load against real processes: a killed model worker, a killed client, a server stopped
-midway, and 8 clients for 60 s. Each test that hurts a server starts its own (the session one stays up).
+"""Faults and load against real processes: a killed model worker, the readiness check while its
+replacement loads, a killed client, a server stopped midway, and 8 clients for 60 s. Each test that hurts a server starts its own (the session one stays up).
 
 About 4 minutes on 2 cores; `pytest tests/integration/test_faults.py` runs them alone.
 """
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 import psutil
 import pytest
+import requests
 from PIL import Image
 
 from client.torchserve_client import EmbeddingClient, ServerError, Upload
@@ -117,6 +118,31 @@ def test_a_killed_worker_is_restarted_and_the_ranking_equals_a_clean_runs(own_se
     # Almost always the kill fails a request in flight (500 or 507, then retried); when it lands
     # between batches the queued requests simply wait for the new worker. Both must end the same.
     print(f"answers during the run: {pd.Series(statuses).value_counts().to_dict()}", file=sys.stderr)
+
+
+def test_readiness_fails_while_a_restarted_worker_loads_though_ping_says_healthy(own_server):
+    assert own_server.ready(LITE)
+    victims = own_server.worker_pids()
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    # TorchServe starts a new worker about a second later; freeze it wherever its loading has got to
+    wait_for(lambda: set(own_server.worker_pids()) - set(victims), 60, "TorchServe to start a new worker")
+    loading = sorted(set(own_server.worker_pids()) - set(victims))
+    for pid in loading:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        held = own_server.readiness(LITE, timeout=3)
+        ping = requests.get(f"{own_server.url}/ping", headers=own_server.headers(), timeout=10)
+        assert held.returncode == 1, held.stdout
+        assert "not ready" in held.stderr and LITE in held.stderr, held.stderr
+        assert ping.status_code == 200 and ping.json()["status"] == "Healthy"  # why /ping is not the check
+    finally:
+        for pid in loading:
+            os.kill(pid, signal.SIGCONT)
+    after = own_server.readiness(LITE, wait=120)
+    assert after.returncode == 0, after.stderr
+    assert f"ready: {LITE}: 1/1 workers READY" in after.stdout
+    own_server.answers_now(LITE)  # and ready means served: no retry needed
 
 
 class ScriptedServer(http.server.ThreadingHTTPServer):

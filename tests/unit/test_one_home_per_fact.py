@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from client.torchserve_client import DEFAULT_URL, ServerError, read_keys, read_token
+from client.server_files import ServerError, read_keys
+from client.torchserve_client import DEFAULT_URL, read_token
 from devtools.config import handler_settings, server_settings
 from imgsim import archive
 from imgsim.models import REGISTRY, get_spec, imagenet_labels, sha256_file
