@@ -19,6 +19,8 @@ import psutil
 import pytest
 import requests
 
+from client.server_files import SERVING_CONFIG
+from client.server_files import read_properties as properties
 from devtools import IMAGES, REPO
 from devtools.images import tar_of
 from devtools.ports import free_port
@@ -29,9 +31,11 @@ CONFIG = REPO / "config" / "config.properties"
 INVALID_KEY = "InvalidKeyException"
 
 
-def properties(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
+def effective(server) -> dict[str, str]:
+    """What serve.sh handed TorchServe: the copy it keeps, never the repository's default."""
+    copy = server.workdir / SERVING_CONFIG
+    assert copy.is_file(), f"serve.sh left no {SERVING_CONFIG}"
+    return properties(copy)
 
 
 # --- keys ----------------------------------------------------------------------------------------
@@ -110,8 +114,7 @@ def test_the_default_config_binds_every_endpoint_to_loopback_with_keys_on():
 
 
 def test_the_running_server_changes_only_ports_of_the_default_config(server):
-    [effective] = server.workdir.glob("imgsim-config.*.properties")  # what serve.sh handed TorchServe
-    default, running = properties(CONFIG), properties(effective)
+    default, running = properties(CONFIG), effective(server)
     assert running.keys() == default.keys()
     for key, value in default.items():
         if key.endswith("_port"):
@@ -126,9 +129,9 @@ def test_every_listening_socket_of_the_server_is_loopback(server):
     java = psutil.Process(server.frontend_pid())
     listening = [c.laddr for c in java.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     ports = {a.port for a in listening}
-    effective = properties(next(server.workdir.glob("imgsim-config.*.properties")))
+    running = effective(server)
     expected = {urlsplit(getattr(server, attr)).port for attr in ("url", "management_url", "metrics_url")}
-    expected |= {int(effective["grpc_inference_port"]), int(effective["grpc_management_port"])}
+    expected |= {int(running["grpc_inference_port"]), int(running["grpc_management_port"])}
     assert expected <= ports, (expected, listening)
     for address in listening:
         ip = ipaddress.ip_address(address.ip)
@@ -145,9 +148,9 @@ def test_no_endpoint_answers_on_another_interface(server):
     ]  # fmt: skip
     if not others:
         pytest.skip("this machine has no interface but loopback")
-    effective = properties(next(server.workdir.glob("imgsim-config.*.properties")))
+    running = effective(server)
     ports = [urlsplit(getattr(server, attr)).port for attr in ("url", "management_url", "metrics_url")]
-    ports += [int(effective["grpc_inference_port"]), int(effective["grpc_management_port"])]
+    ports += [int(running["grpc_inference_port"]), int(running["grpc_management_port"])]
     for address in others:
         for port in ports:
             with socket.socket() as probe:
