@@ -70,10 +70,10 @@ def log(message: str) -> None:
 # --- embedding, in-process, as the server does ---------------------------------------------------
 
 
-def load_pipeline(arch: str, weights: Path | None):
+def load_pipeline(arch: str, weights: Path | None, engine: str = "auto", precision: str = "auto"):
+    """The server's pipeline, in process: by default the engine and precision an archive of ``arch`` runs."""
     import torch
 
-    from imgsim import archive
     from imgsim.models import get_spec, imagenet_labels, load_model, sha256_file
     from imgsim.pipeline import Pipeline, PipelineConfig
 
@@ -89,8 +89,8 @@ def load_pipeline(arch: str, weights: Path | None):
     if not digest.startswith(spec.weights_sha256_prefix):
         log(f"warning: {weights} is not {arch}'s published weights (sha256 {digest[:12]}); results are for this file")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    identity = archive.identity(spec, digest, "fp32")
-    return Pipeline(spec, load_model(spec, weights), imagenet_labels(), identity, torch.device("cpu"), PipelineConfig())
+    config = PipelineConfig(engine=engine, precision=precision)
+    return Pipeline(spec, load_model(spec, weights), imagenet_labels(), digest, torch.device("cpu"), config)
 
 
 def embed(pipeline, folder: Path, files: list[str], mirrored: bool, batch: int = 16) -> tuple[np.ndarray, list]:
@@ -121,19 +121,27 @@ def embed(pipeline, folder: Path, files: list[str], mirrored: bool, batch: int =
     return np.asarray(vectors, dtype=np.float32), predictions
 
 
-def cached_embeddings(arch: str, weights: Path | None, folder: Path, files: list[str]) -> dict:
-    """Embeddings of the corpus and its mirror images; cached by model and file contents."""
+def cached_embeddings(
+    arch: str, weights: Path | None, folder: Path, files: list[str], engine: str = "auto", precision: str = "auto",
+) -> dict:  # fmt: skip
+    """Embeddings of the corpus and its mirror images; cached by model, engine, precision and file contents."""
+    import torch
+
+    from imgsim.models import get_spec
+    from imgsim.pipeline import PipelineConfig, engine_choice
+
     contents = hashlib.sha256()
     for name in files:
         contents.update(name.encode() + hashlib.sha256((folder / name).read_bytes()).digest())
     tag = hashlib.sha256(((weights and str(weights.resolve())) or "packaged").encode()).hexdigest()[:8]
-    path = CACHE / "dedup-bench" / f"{arch}-{tag}-{contents.hexdigest()[:16]}.npz"
+    kind, precision = engine_choice(PipelineConfig(engine=engine, precision=precision), get_spec(arch), torch.device("cpu"))
+    path = CACHE / "dedup-bench" / f"{arch}-{tag}-{kind}-{precision}-{contents.hexdigest()[:16]}.npz"
     if path.is_file():
         log(f"embeddings from {path.relative_to(REPO)}")
         data = np.load(path, allow_pickle=False)
         return {"E": data["E"], "M": data["M"], "top5": data["top5"], "img_s": float(data["img_s"])}
-    log(f"embedding {len(files)} files and their mirror images with {arch} (in-process) ...")
-    pipeline = load_pipeline(arch, weights)
+    log(f"embedding {len(files)} files and their mirror images with {arch}, {kind} {precision} (in-process) ...")
+    pipeline = load_pipeline(arch, weights, kind, precision)
     started = time.perf_counter()
     E, top5 = embed(pipeline, folder, files, mirrored=False)
     img_s = len(files) / (time.perf_counter() - started)

@@ -4,9 +4,9 @@ Times only the model (the float32 normalised batch in, logits and features out),
 excluded, best of --rounds interleaved rounds, so a burst of load from another process
 costs one round, not a row. Each row also reports the minimum embedding cosine and the
 top-1 agreement against eager fp32 over the photos in images/, and the throughput when
-torch normalises a uint8 batch before every call, as Pipeline.infer does (the ONNX
-Runtime thread-spinning question). A result taken while other processes used the CPU
-understates the engine and is starred.
+torch normalises a uint8 batch before every call, as Pipeline.infer does. A result taken
+while other processes used the CPU understates the engine and is starred. The registry's
+default engine per architecture (ModelSpec.engine) is chosen from this table.
 
 Example (about 4 minutes on 2 cores):
     .venv/bin/python bench/model_stage.py --json model_stage.json
@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from devtools import IMAGES
 from devtools.machine import machine
 from devtools.processes import own_and_machine_cpu_seconds
-from imgsim.engines import ENGINES, PRECISIONS, Engine, OnnxRuntimeEngine, make_engine, supported
+from imgsim.engines import ENGINES, PRECISIONS, Engine, make_engine, supported
 from imgsim.models import EmbeddingNet, ModelSpec, get_spec, load_model
 from imgsim.preprocess import crop_uint8, normalize
 
@@ -84,8 +84,6 @@ def build_engines(spec: ModelSpec, model: EmbeddingNet) -> dict[str, Engine]:
             start = time.perf_counter()
             engines[f"{kind}/{precision}"] = make_engine(kind, copy.deepcopy(model), spec, "cpu", precision)
             log(f"  {spec.name} {kind}/{precision}: ready in {time.perf_counter() - start:.1f} s")
-    # the same session with its worker threads spinning between runs, to show what that costs
-    engines["onnxruntime+spin/fp32"] = OnnxRuntimeEngine(model, spec, None, torch.get_num_threads(), spinning=True)
     return engines
 
 
@@ -137,11 +135,13 @@ def summarise(row: dict) -> dict:
 def machine_info() -> dict:
     """The machine, the threads and the engine versions, as the JSON records them."""
     import onnxruntime
+    import openvino
 
     here = machine()
     return {"cpu": here.cpu, "cpus": here.cores, "torch_threads": torch.get_num_threads(),
             "isa": [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in here.flags],
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": here.python}  # fmt: skip
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino.__version__.split("-")[0], "python": here.python}  # fmt: skip
 
 
 def cell(sample: dict) -> str:
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: building engines")
         results += bench_model(name, batches, args.rounds, args.seconds)
     print(f"## Model stage, {about['cpu']}, {about['cpus']} CPUs ({' '.join(about['isa'])}), "
-          f"{args.threads} threads, torch {about['torch']}, onnxruntime {about['onnxruntime']}\n")  # fmt: skip
+          f"{args.threads} threads, torch {about['torch']}, onnxruntime {about['onnxruntime']}, "
+          f"openvino {about['openvino']}\n")  # fmt: skip
     print(f"img/s at 224 px, best of {args.rounds} rounds (* other processes used > {BUSY} core meanwhile: "
           f"rerun on a quiet machine); GFLOP/s at the best batch; cos min and top-1 agreement vs eager fp32 "
           f"on {IMAGES.name}/\n")  # fmt: skip

@@ -69,20 +69,20 @@ def resolve_weights(spec: ModelSpec, weights: Path | None, allow_unverified: boo
     return cached, verify(cached, spec)
 
 
-def export(spec: ModelSpec, weights: Path, config: Path, folder: Path) -> dict[str, Path]:
-    """The configured CPU engine's own file, made here so that a worker starts by loading it."""
+def export(spec: ModelSpec, weights: Path, config: Path, folder: Path) -> dict[str, list[Path]]:
+    """The CPU engine's own files, made here so that a worker starts by loading them."""
     import torch
     import yaml
 
-    from imgsim.engines import export_onnx, onnx_file_name
+    from imgsim.engines import export_for
     from imgsim.models import load_model
-    from imgsim.pipeline import PipelineConfig, engine_kind
+    from imgsim.pipeline import PipelineConfig, engine_choice
 
     settings = PipelineConfig.from_mapping((yaml.safe_load(config.read_text()) or {}).get("handler") or {})
-    if engine_kind(settings, torch.device("cpu")) != "onnxruntime":
-        return {}  # eager and torchscript run the weights themselves
-    print(f"exporting {spec.name} to ONNX ...", file=sys.stderr)
-    return {"onnxruntime": export_onnx(load_model(spec, weights), spec, folder / onnx_file_name(spec))}
+    kind, precision = engine_choice(settings, spec, torch.device("cpu"))
+    print(f"exporting {spec.name} for {kind} ({precision} on CPUs that run it) ...", file=sys.stderr)
+    files = export_for(kind, load_model(spec, weights), spec, folder)
+    return {kind: files} if files else {}  # eager runs the weights itself
 
 
 def build(args: argparse.Namespace) -> Path:

@@ -2,18 +2,19 @@
 
 ``build_mar.sh`` stages these files and the worker loads them; both go through this module,
 so the file names and the identity rule exist once. Whatever the build can do, the worker
-does not do at start: an engine's exported model (the ONNX file) travels in the archive
-with its sha256, checked when it is loaded. The identity names the architecture,
-the sha256 of the weights and the handler version; a precision other than fp32 makes
-different vectors (cosine ~0.99999), so it travels in the version (``1.0.0+bf16``) and a
-store never mixes the two.
+does not do at start: an engine's exported model (the ONNX file, or OpenVINO's .xml and
+.bin) travels in the archive with the sha256 of each file, checked when it is loaded. The
+identity names the architecture, the sha256 of the weights and the handler version; a
+precision other than fp32 makes different vectors (cosine ~0.99999), so it travels in the
+version (``1.0.0+bf16``) and a store never mixes the two. fp32 engines agree to float
+rounding (cosine 1.000000) and share the plain version.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,17 +45,19 @@ class ArchiveError(RuntimeError):
 
 
 def stage(
-    folder: Path, spec: ModelSpec, weights: Path, weights_sha256: str, exported: Mapping[str, Path] | None = None,
+    folder: Path, spec: ModelSpec, weights: Path, weights_sha256: str,
+    exported: Mapping[str, Sequence[Path]] | None = None,
 ) -> Path:  # fmt: skip
     """Lays out the archive's extra files in ``folder``: this package, the weights, identity and labels,
-    and ``exported`` (engine name -> the file it loads, e.g. "onnxruntime" -> the ONNX export)."""
+    and ``exported`` (engine name -> its files, the one it loads first: "openvino" -> [.xml, .bin])."""
     shutil.copytree(PACKAGE, folder / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copyfile(weights, folder / spec.weights_file)
     stored = {"architecture": spec.name, "weights_sha256": weights_sha256, "weights_file": spec.weights_file,
               "exported": {}}  # fmt: skip
-    for engine, path in (exported or {}).items():
-        shutil.copyfile(path, folder / path.name)
-        stored["exported"][engine] = {"file": path.name, "sha256": sha256_file(path)}
+    for engine, paths in (exported or {}).items():
+        for path in paths:
+            shutil.copyfile(path, folder / path.name)
+        stored["exported"][engine] = {"file": paths[0].name, "sha256": {p.name: sha256_file(p) for p in paths}}
     (folder / IDENTITY_FILE).write_text(json.dumps(stored, indent=2))
     (folder / LABELS_FILE).write_text(json.dumps(imagenet_labels()))
     return folder
@@ -68,7 +71,7 @@ class Contents:
     weights: Path
     weights_sha256: str
     labels: list[str]
-    exported: dict[str, Path] = field(default_factory=dict)  # engine -> its file, hash checked
+    exported: dict[str, Path] = field(default_factory=dict)  # engine -> the file it loads, hashes checked
 
 
 def read(model_dir: Path) -> Contents:
@@ -77,12 +80,13 @@ def read(model_dir: Path) -> Contents:
     labels = json.loads((model_dir / LABELS_FILE).read_text())
     exported = {}
     for engine, entry in stored.get("exported", {}).items():
-        path = model_dir / entry["file"]
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise ArchiveError(
-                f"{entry['file']} in the archive is missing or not the file its build recorded "
-                f"(sha256 {entry['sha256'][:12]}...); rebuild the archive with build_mar.sh"
-            )
-        exported[engine] = path
+        for name, digest in entry["sha256"].items():
+            path = model_dir / name
+            if not path.is_file() or sha256_file(path) != digest:
+                raise ArchiveError(
+                    f"{name} in the archive is missing or not the file its build recorded "
+                    f"(sha256 {digest[:12]}...); rebuild the archive with build_mar.sh"
+                )
+        exported[engine] = model_dir / entry["file"]
     spec = get_spec(stored["architecture"])
     return Contents(spec, model_dir / stored["weights_file"], stored["weights_sha256"], labels, exported)

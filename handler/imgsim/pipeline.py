@@ -17,13 +17,14 @@ import torch
 
 from . import archive
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from .engines import make_engine
+from .engines import make_engine, supported
 from .models import EmbeddingNet, ModelSpec, load_model
 from .payload import ParsedRequest, parse_request
 from .preprocess import crop_uint8, normalize
 from .response import ModelIdentity, image_error, image_result, request_status, to_json, top_k
 
 logger = logging.getLogger(__name__)
+WARM_UP_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class PipelineConfig:
     fast_jpeg_decode: bool = True
     torch_threads: int = 0  # 0: one per core
     decode_threads: int = 0  # 0: one per core
-    engine: str = "onnxruntime"  # on CUDA devices always eager; see engines.py
-    precision: str = "fp32"
+    engine: str = "auto"  # auto: the architecture's measured default (ModelSpec.engine); CUDA runs eager
+    precision: str = "auto"  # auto: the architecture's default where the engine runs it, else fp32
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
@@ -71,9 +72,14 @@ class Batch:
     features: torch.Tensor | None = None
 
 
-def engine_kind(config: PipelineConfig, device: torch.device) -> str:
-    """The engine that runs on ``device``: the configured one on a CPU; CUDA always runs eager."""
-    return config.engine if device.type == "cpu" else "eager"
+def engine_choice(config: PipelineConfig, spec: ModelSpec, device: torch.device) -> tuple[str, str]:
+    """(engine, precision) that run ``spec`` on ``device``: the configured ones, with ``auto``
+    resolved from the registry's measured default; CUDA always runs eager."""
+    kind = "eager" if device.type != "cpu" else spec.engine if config.engine == "auto" else config.engine
+    if config.precision != "auto":
+        return kind, config.precision
+    default = spec.precision if kind == spec.engine else "fp32"
+    return kind, default if supported(kind, device, default) else "fp32"
 
 
 def select_device(gpu_id: int | None) -> torch.device:
@@ -84,28 +90,29 @@ def select_device(gpu_id: int | None) -> torch.device:
 
 class Pipeline:
     def __init__(
-        self, spec: ModelSpec, model: EmbeddingNet | None, labels: list[str], identity: ModelIdentity,
+        self, spec: ModelSpec, model: EmbeddingNet | None, labels: list[str], weights_sha256: str,
         device: torch.device, config: PipelineConfig, exported: Path | None = None,
     ):  # fmt: skip
-        """``model`` may be None when ``exported`` is the engine's own file (an archive's ONNX export)."""
-        self.spec, self.labels, self.identity = spec, labels, identity
-        self.device, self.config = device, config
-        self.engine = make_engine(engine_kind(config, device), model, spec, device, config.precision,
-                                  exported=exported)  # fmt: skip
+        """``model`` may be None when ``exported`` is the engine's own file (an archive's export)."""
+        self.spec, self.labels, self.device, self.config = spec, labels, device, config
+        kind, precision = engine_choice(config, spec, device)
+        self.engine = make_engine(kind, model, spec, device, precision, exported=exported)
+        # what the engine really runs names the vectors (bf16 falls back to fp32 on CPUs without it)
+        self.identity: ModelIdentity = archive.identity(spec, weights_sha256, self.engine.precision)
         self._decoders = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1, "imgsim-decode")
-        # the engine sizes its buffers on the first large batches; do it now, not on users' time
+        # a warm-up batch as small as a request's; the engines' own first call already ran.
+        # A full-size one (64 images) cost ResNet18 a second of every worker start.
         side = spec.input_size
-        self.engine(torch.zeros(config.max_images_per_request, 3, side, side))
+        self.engine(torch.zeros(WARM_UP_BATCH, 3, side, side))
 
     @classmethod
     def from_archive(cls, model_dir: Path, device: torch.device, config: PipelineConfig) -> "Pipeline":
         """Loads what build_mar.sh put in the archive: identity, labels, and the engine's exported
         model where the build made one (then the torch weights are not even read), else the weights."""
         contents = archive.read(model_dir)
-        identity = archive.identity(contents.spec, contents.weights_sha256, config.precision)
-        exported = contents.exported.get(engine_kind(config, device))
+        exported = contents.exported.get(engine_choice(config, contents.spec, device)[0])
         model = None if exported else load_model(contents.spec, contents.weights, device)
-        return cls(contents.spec, model, contents.labels, identity, device, config, exported)
+        return cls(contents.spec, model, contents.labels, contents.weights_sha256, device, config, exported)
 
     def __call__(self, requests: Sequence[Mapping[str, Any]]) -> list[Reply]:
         return self.respond(self.infer(self.prepare(requests)))

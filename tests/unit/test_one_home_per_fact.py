@@ -23,6 +23,15 @@ def test_the_handlers_defaults_are_the_model_configs_settings() -> None:
     assert PipelineConfig.from_mapping(settings) == PipelineConfig()
 
 
+def test_every_architectures_default_engine_runs_on_a_cpu_and_names_its_measurement() -> None:
+    from imgsim.engines import supported
+
+    for spec in REGISTRY.values():
+        assert supported(spec.engine, "cpu", spec.precision), spec.name
+        assert spec.chosen_by, f"{spec.name}: the registry says which measurement chose its engine"
+    assert PipelineConfig().engine == PipelineConfig().precision == "auto"  # the archive runs what the registry chose
+
+
 def test_the_clients_default_address_is_the_servers_inference_address() -> None:
     assert DEFAULT_URL == server_settings()["inference_address"]
 
