@@ -37,12 +37,13 @@ class EmbeddingHandler:
         threads = config.torch_threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
         device = select_device(properties.get("gpu_id"))
+        started = time.perf_counter()
         self.pipeline = Pipeline.from_archive(properties["model_dir"], device, config)
-        identity = self.pipeline.identity
+        identity, engine = self.pipeline.identity, self.pipeline.engine
         logger.info(
-            "imgsim ready: %s weights %s on %s, %d torch threads, batch size %s",
-            identity["architecture"], identity["weights_sha256"][:12], device, threads,
-            properties.get("batch_size"),
+            "imgsim ready: %s weights %s, %s %s from %s on %s, %d threads, batch size %s, in %.2f s",
+            identity["architecture"], identity["weights_sha256"][:12], engine.name, engine.precision,
+            self.pipeline.loaded_from, device, threads, properties.get("batch_size"), time.perf_counter() - started,
         )  # fmt: skip
         self.context = context
         self.initialized = True

@@ -95,6 +95,7 @@ class Pipeline:
     ):  # fmt: skip
         """``model`` may be None when ``exported`` is the engine's own file (an archive's export)."""
         self.spec, self.labels, self.device, self.config = spec, labels, device, config
+        self.loaded_from = f"the exported {exported.name}" if exported else "the weights"
         kind, precision = engine_choice(config, spec, device)
         self.engine = make_engine(kind, model, spec, device, precision, exported=exported)
         # what the engine really runs names the vectors (bf16 falls back to fp32 on CPUs without it)

@@ -145,6 +145,22 @@ def test_readiness_fails_while_a_restarted_worker_loads_though_ping_says_healthy
     own_server.answers_now(LITE)  # and ready means served: no retry needed
 
 
+def test_a_restarted_worker_loads_the_model_the_build_exported_and_serves_at_once(own_server):
+    def loads() -> list[str]:  # the handler's one line per worker start (embed_handler.initialize)
+        return [line for line in own_server.log().splitlines() if LITE in line and "imgsim ready" in line]
+
+    before = loads()
+    victims = own_server.worker_pids()
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    assert own_server.readiness(LITE, wait=120).returncode == 0
+    own_server.answers_now(LITE)
+    started = loads()[len(before) :]
+    assert len(started) == len(victims), started
+    # no export, no weights read: the worker only loads the files in the archive (seconds: docs/BENCHMARKS.md)
+    assert all(" from the exported efficientnet_lite0." in line for line in started), started
+
+
 class ScriptedServer(http.server.ThreadingHTTPServer):
     """Answers POSTs with the statuses and bodies it is given, in turn, on a free loopback port."""
 
