@@ -39,6 +39,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 system-deps:
 	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@test -d /usr/share/openclipart/png || { apt-get update -qq && apt-get install -y -qq openclipart-png; }
 
 build: setup
 	./build_mar.sh --arch $(ARCH) $(if $(WEIGHTS),--weights $(WEIGHTS))
