@@ -281,16 +281,21 @@ def show(params: tuple, rule: Rule) -> str:
     return ", ".join(f"{name} {value}" for name, value in zip(rule.params, params))
 
 
-def calibrate(args: argparse.Namespace) -> str:
-    folder = CACHE / f"dedup-corpus-seed{args.seed}"
+def calibration_corpus(seed: int) -> tuple[Path, list]:
+    """The corpus folder of ``seed`` (written when missing, or stale for the photos found here) and its truth."""
+    folder = CACHE / f"dedup-corpus-seed{seed}"
     photos = collect_photos()
     if (folder / "truth.csv").is_file() and {r.photo for r in read_truth(folder)} != {p.name for p in photos}:
         log(f"the photos found here changed since {folder.relative_to(REPO)} was written: writing it again")
         shutil.rmtree(folder)
     if not (folder / "truth.csv").is_file():
         log(f"writing the corpus: {len(photos)} photos and their edited copies -> {folder.relative_to(REPO)}")
-        make_corpus(photos, folder, CorpusSpec(seed=args.seed))
-    truth = read_truth(folder)
+        make_corpus(photos, folder, CorpusSpec(seed=seed))
+    return folder, read_truth(folder)
+
+
+def calibrate(args: argparse.Namespace) -> str:
+    folder, truth = calibration_corpus(args.seed)
     files = [r.file for r in truth]
     names = sorted({r.photo for r in truth})
     same, scenes = same_photo_of(names), scene_of(names)

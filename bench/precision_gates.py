@@ -32,14 +32,13 @@ import argparse
 import copy
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from devtools import CACHE, REPO
+from devtools import REPO
 from devtools.gates import (
     CLASSES,
     COSINE_MEDIAN,
@@ -172,22 +171,14 @@ def dedup_f1(arch: str, weights: Path | None, configs: list[tuple[str, str]], ar
     """Group F1 of the shipped thresholds per (engine, precision), on the calibration corpus; None when uncalibrated."""
     from client.duplicates import CALIBRATED
     from client.duplicates.phash import phash_file
-    from devtools.photos import CorpusSpec, collect_photos, make_corpus, read_truth, same_photo_of, scene_of
+    from devtools.photos import same_photo_of, scene_of
 
     shipped = CALIBRATED.get(arch)
     if shipped is None:
         log(f"{arch}: no calibrated near-duplicate thresholds: the dedup F1 gate is not taken")
         return None
     calibration = _dedup_calibration()
-    folder = CACHE / f"dedup-corpus-seed{args.seed}"  # the calibration's own corpus, shared with it
-    photos = collect_photos()
-    if (folder / "truth.csv").is_file() and {r.photo for r in read_truth(folder)} != {p.name for p in photos}:
-        log(f"the photos found here changed since {folder.relative_to(REPO)} was written: writing it again")
-        shutil.rmtree(folder)
-    if not (folder / "truth.csv").is_file():
-        log(f"writing the dedup corpus: {len(photos)} photos and their edited copies -> {folder.relative_to(REPO)}")
-        make_corpus(photos, folder, CorpusSpec(seed=args.seed))
-    truth = read_truth(folder)
+    folder, truth = calibration.calibration_corpus(args.seed)  # the calibration's own corpus, shared with it
     files = [r.file for r in truth]
     names = sorted({r.photo for r in truth})
     same, scenes = same_photo_of(names), scene_of(names)
