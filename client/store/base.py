@@ -114,6 +114,23 @@ class EmbeddingStore(ABC):
         """Known paths per stored sha256 of the model, most recently seen first."""
 
     @abstractmethod
+    def known_paths(self, under: str) -> dict[str, str]:
+        """path -> sha256 of every path recorded in folder ``under`` or below it (paths as they were recorded)."""
+
+    @abstractmethod
+    def forget_paths(self, paths: Iterable[str]) -> int:
+        """Forgets what was at ``paths`` (files deleted or rewritten), and the vectors of every content that
+        is then at no known path; returns how many contents were forgotten."""
+
+    @abstractmethod
+    def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Remembers that each pair of contents (sha256s) is not a duplicate, whatever the vectors say."""
+
+    @abstractmethod
+    def not_duplicates(self) -> set[tuple[str, str]]:
+        """Every pair marked by ``mark_not_duplicates``, each as (smaller sha256, larger sha256)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod
@@ -195,6 +212,25 @@ def check_identity_matches(model: str, stored: Mapping[str, Any], identity: Mapp
                 f"model key {model!r} is already stored with {name}={stored[name]!r}, not {identity[name]!r}; "
                 "use a new store file (or bump handler_version) for this model"
             )
+
+
+def pair_rows(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Pairs of distinct sha256s, each ordered (smaller, larger), so a pair has one row whichever way it was given."""
+    rows = set()
+    for a, b in pairs:
+        check_sha(a)
+        check_sha(b)
+        if a == b:
+            raise ValueError(f"{a} is one content (identical bytes): it cannot be marked as not a duplicate of itself")
+        rows.add((min(a, b), max(a, b)))
+    return sorted(rows)
+
+
+def folder_range(under: str) -> tuple[str, str]:
+    """(low, high) such that low <= path < high holds exactly for the paths inside folder ``under``:
+    '0' is the character after '/', so the range is one index walk and needs no LIKE escaping."""
+    base = under.rstrip("/")
+    return base + "/", base + "0"
 
 
 def path_rows(paths: PathsBySha) -> list[tuple[str, str]]:

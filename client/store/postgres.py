@@ -26,8 +26,10 @@ from client.store.base import (
     StoreError,
     check_identity_matches,
     check_put,
+    folder_range,
     identity_of,
     model_key,
+    pair_rows,
     path_rows,
     stored_model_of,
 )  # fmt: skip
@@ -122,10 +124,28 @@ def _halfvec_indexes(conn: Any) -> None:
         current.add(table_id)
 
 
+_SCHEMA_V3 = """
+CREATE TABLE imgsim.not_duplicates (
+    sha_a     text NOT NULL,               -- the smaller sha256 of the pair
+    sha_b     text NOT NULL,
+    marked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sha_a, sha_b),
+    CHECK (sha_a < sha_b)
+);
+-- byte order ("C"), so that a folder is one range of paths whatever the database's collation
+CREATE INDEX paths_by_path ON imgsim.paths (path COLLATE "C")
+"""
+
+
+def _not_duplicates(conn: Any) -> None:
+    conn.execute(_SCHEMA_V3)
+
+
 STEPS: list[Step[Any]] = [
     Step(1, "the first schema: models, one images_<id> table per model, paths by content, endpoints", _create_v1),
     Step(2, "the cosine HNSW index is over halfvec casts: faster walks, and up to 4,000-d vectors get one",
          _halfvec_indexes),
+    Step(3, "pairs a user said are not duplicates; paths looked up by folder (index.py)", _not_duplicates),
 ]  # fmt: skip
 
 
@@ -372,6 +392,50 @@ class PostgresStore(EmbeddingStore):
             for sha, path in rows:
                 found.setdefault(sha, []).append(path)
         return found
+
+    def known_paths(self, under: str) -> dict[str, str]:
+        low, high = folder_range(under)
+        with self._lock:
+            rows = self._conn.execute(
+                'SELECT path, sha256 FROM imgsim.paths WHERE path COLLATE "C" >= %s AND path COLLATE "C" < %s '
+                "ORDER BY seen_at",
+                (low, high),
+            ).fetchall()
+        return dict(rows)  # a path seen with several contents: the latest one
+
+    def forget_paths(self, paths: Iterable[str]) -> int:
+        wanted = list(dict.fromkeys(paths))
+        sql = self._psycopg.sql
+        with self._lock, self._conn.transaction():
+            touched = {
+                row[0]
+                for row in self._conn.execute(
+                    "DELETE FROM imgsim.paths WHERE path = ANY(%s) RETURNING sha256", (wanted,)
+                ).fetchall()
+            }
+            # contents still seen elsewhere keep their vectors
+            gone = sorted(
+                touched
+                - {row[0] for row in self._conn.execute(
+                    "SELECT DISTINCT sha256 FROM imgsim.paths WHERE sha256 = ANY(%s)", (sorted(touched),)
+                ).fetchall()}
+            )  # fmt: skip
+            if gone:
+                for (table_id,) in self._conn.execute("SELECT id FROM imgsim.models").fetchall():
+                    table = sql.Identifier("imgsim", f"images_{table_id}")
+                    self._conn.execute(sql.SQL("DELETE FROM {} WHERE sha256 = ANY(%s)").format(table), (gone,))
+        return len(gone)
+
+    def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
+        rows = pair_rows(pairs)
+        with self._lock, self._conn.transaction(), self._conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO imgsim.not_duplicates (sha_a, sha_b) VALUES (%s, %s) ON CONFLICT DO NOTHING", rows
+            )
+
+    def not_duplicates(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return {(a, b) for a, b in self._conn.execute("SELECT sha_a, sha_b FROM imgsim.not_duplicates")}
 
     def _candidates(
         self, model: str, query: np.ndarray, metric: Metric, want: int, exclude: Collection[str]

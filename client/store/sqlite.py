@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ from client.store.base import (
     StoreError,
     check_identity_matches,
     check_put,
+    folder_range,
     identity_of,
     model_key,
+    pair_rows,
     path_rows,
     stored_model_of,
 )  # fmt: skip
@@ -77,15 +79,31 @@ CREATE TABLE endpoints (
 """
 
 
-def _create_v1(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V1.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+_SCHEMA_V3 = f"""
+CREATE TABLE not_duplicates (
+    sha_a     TEXT NOT NULL,               -- the smaller sha256 of the pair
+    sha_b     TEXT NOT NULL,
+    marked_at TEXT NOT NULL DEFAULT {_NOW},
+    PRIMARY KEY (sha_a, sha_b),
+    CHECK (sha_a < sha_b)
+);
+CREATE INDEX paths_by_path ON paths (path);
+"""
+
+
+def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
+    def apply(conn: sqlite3.Connection) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    return apply
 
 
 STEPS: list[Step[sqlite3.Connection]] = [
-    Step(1, "the first schema: models, images by (model, sha256), paths by content, endpoints", _create_v1),
+    Step(1, "the first schema: models, images by (model, sha256), paths by content, endpoints", _run_script(_SCHEMA_V1)),
     Step(2, "PostgreSQL's cosine index moved to halfvec; nothing changes in SQLite", None),
+    Step(3, "pairs a user said are not duplicates; paths looked up by folder (index.py)", _run_script(_SCHEMA_V3)),
 ]
 
 # Each batch of ids fits SQLite's smallest historical limit on bound parameters.
@@ -273,6 +291,40 @@ class SQLiteStore(EmbeddingStore):
                 for sha, path in self._conn.execute(query, params):
                     found.setdefault(sha, []).append(path)
         return found
+
+    def known_paths(self, under: str) -> dict[str, str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT path, sha256 FROM paths WHERE path >= ? AND path < ? ORDER BY seen_at", folder_range(under)
+            ).fetchall()
+        return dict(rows)  # a path seen with several contents: the latest one
+
+    def forget_paths(self, paths: Iterable[str]) -> int:
+        wanted = list(dict.fromkeys(paths))
+        with self._write() as conn:
+            touched: set[str] = set()
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                touched.update(row[0] for row in conn.execute(f"SELECT sha256 FROM paths WHERE path IN ({marks})", chunk))
+                conn.execute(f"DELETE FROM paths WHERE path IN ({marks})", chunk)
+            # contents still seen elsewhere keep their vectors (the (sha256, path) key makes this a lookup)
+            gone = [sha for sha in sorted(touched) if not conn.execute("SELECT 1 FROM paths WHERE sha256 = ?", (sha,)).fetchone()]
+            for i in range(0, len(gone), _CHUNK):
+                chunk = gone[i : i + _CHUNK]
+                conn.execute(f"DELETE FROM images WHERE sha256 IN ({','.join('?' * len(chunk))})", chunk)
+        if gone:
+            self._matrices.clear()  # rows left the file: reload on the next search
+        return len(gone)
+
+    def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
+        rows = pair_rows(pairs)
+        with self._write() as conn:
+            conn.executemany("INSERT INTO not_duplicates (sha_a, sha_b) VALUES (?, ?) ON CONFLICT DO NOTHING", rows)
+
+    def not_duplicates(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return {(a, b) for a, b in self._conn.execute("SELECT sha_a, sha_b FROM not_duplicates")}
 
     def _candidates(
         self, model: str, query: np.ndarray, metric: Metric, want: int, exclude: Collection[str]

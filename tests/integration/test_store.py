@@ -81,6 +81,42 @@ def test_same_bytes_under_two_paths_are_stored_once_with_both_paths(location: st
         assert store.paths(RESNET, [item["sha256"], sha("unknown")]) == store.paths(RESNET)
 
 
+def test_known_paths_are_those_inside_the_folder_and_never_a_sibling_with_the_same_prefix(location: str) -> None:
+    items = images(np.ones((4, DIM)))
+    where = ["/photos/a.jpg", "/photos/trip/b.jpg", "/photos2/c.jpg", "/photos-old/d.jpg"]
+    with open_store(location) as store:
+        store.put_many(RESNET, items, paths={item["sha256"]: path for item, path in zip(items, where)})
+        assert store.known_paths("/photos") == {"/photos/a.jpg": sha(0), "/photos/trip/b.jpg": sha(1)}
+        assert store.known_paths("/photos/") == store.known_paths("/photos")
+        assert store.known_paths("/elsewhere") == {}
+
+
+def test_forgetting_paths_drops_contents_seen_nowhere_else_and_keeps_the_rest(location: str) -> None:
+    items = images(np.ones((3, DIM)))
+    with open_store(location) as store:
+        store.put_many(RESNET, items[:2], paths={sha(0): ["/p/a.jpg", "/backup/a.jpg"], sha(1): "/p/b.jpg"})
+        store.put_many(LITE, items[1:], paths={sha(1): "/p/b.jpg", sha(2): "/p/c.jpg"})
+        forgotten = store.forget_paths(["/p/a.jpg", "/p/b.jpg", "/p/never-seen.jpg"])
+        assert forgotten == 1  # b: a is still in /backup
+        assert set(store.get_many(RESNET, [sha(0), sha(1)])) == {sha(0)}
+        assert set(store.get_many(LITE, [sha(1), sha(2)])) == {sha(2)}  # every model forgets b
+        assert store.known_paths("/p") == {"/p/c.jpg": sha(2)}
+        assert [s for s, _ in store.search(RESNET, np.ones(DIM, np.float32), k=5)] == [sha(0)]
+        assert store.forget_paths([]) == 0
+
+
+def test_pairs_marked_not_duplicates_are_remembered_once_whichever_way_round(location: str) -> None:
+    with open_store(location) as store:
+        assert store.not_duplicates() == set()
+        store.mark_not_duplicates([(sha(2), sha(1))])
+        store.mark_not_duplicates([(sha(1), sha(2)), (sha(3), sha(1))])
+        assert store.not_duplicates() == {tuple(sorted((sha(1), sha(2)))), tuple(sorted((sha(1), sha(3))))}
+        with pytest.raises(ValueError, match="one content"):
+            store.mark_not_duplicates([(sha(1), sha(1))])
+    with open_store(location) as store:  # it outlives the process that marked it
+        assert len(store.not_duplicates()) == 2
+
+
 def test_second_model_never_reuses_first_models_vectors(location: str) -> None:
     resnet, lite = model_key(RESNET), model_key(LITE)
     with open_store(location) as store:

@@ -77,7 +77,7 @@ def test_a_failing_step_leaves_the_store_exactly_as_it_was(tmp_path: Path, monke
         conn.execute("CREATE TABLE half_done (x)")
         raise sqlite3.OperationalError("disk I/O error (simulated)")
 
-    monkeypatch.setattr(sqlite, "STEPS", [sqlite.STEPS[0], Step(2, "a step that fails midway", half_done)])
+    monkeypatch.setattr(sqlite, "STEPS", [*sqlite.STEPS[:-1], Step(SCHEMA_VERSION, "a step that fails midway", half_done)])
     with pytest.raises(StoreError, match="disk I/O error"):
         open_store(path)
     assert stored_version(path) == "1"
