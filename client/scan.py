@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# Camera RAW: Adobe DNG, Canon, Nikon, Sony, Olympus, Panasonic/Leica, Fujifilm, Pentax, Samsung,
+# Hasselblad, Epson, Kodak, Minolta, Sigma, Phase One, Leaf, Mamiya (the server reads them with LibRaw)
+RAW_SUFFIXES = frozenset({
+    ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".rwl", ".raf",
+    ".pef", ".srw", ".3fr", ".erf", ".kdc", ".dcr", ".mrw", ".x3f", ".iiq", ".mos", ".mef",
+})  # fmt: skip
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".heic", ".heif", ".hif", ".avif",  # phones' formats: HEIC (iPhone), AVIF
+}) | RAW_SUFFIXES  # fmt: skip
 
 
 @dataclass(frozen=True)

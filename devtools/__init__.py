@@ -4,6 +4,7 @@
   with serve.sh, wait until it answers an inference, read its keys, stop it.
 - ``postgres``: a throwaway PostgreSQL with pgvector on a free port.
 - ``images``: awkward images made on the fly (every format, mode and trap), each kind in one place.
+- ``dng``: a camera RAW (a DNG with a Bayer mosaic and a JPEG preview) written from a photo.
 - ``photos``: real photographs that packages ship, edited copies with known ground truth,
   and the corpus of camera-size JPEGs the throughput benchmarks send.
 - ``load``: concurrent clients against one TorchServe, and what they saw.

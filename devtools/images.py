@@ -16,10 +16,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from client.readiness import probe_image
 from devtools import IMAGES
+from devtools.dng import dng
 
 
 def photo(name: str = "cat.png") -> Image.Image:
@@ -192,6 +193,62 @@ def cat_exif_rotated_jpeg() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     return encode(photo("cat.png").transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90, exif=exif)
+
+
+@lru_cache
+def phone_format(fmt: str, name: str = "cat.png", exif_rotated: bool = False) -> bytes:
+    """A packaged photo as a phone saves it: ``fmt`` "HEIF" (an iPhone's HEIC, via pillow-heif) or
+    "AVIF"; ``exif_rotated``: stored on its side with EXIF orientation 6, as cat_exif_rotated_jpeg()."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    image, exif = photo(name).convert("RGB"), Image.Exif()
+    if exif_rotated:
+        image, exif[0x0112] = image.transpose(Image.Transpose.ROTATE_90), 6
+    return encode(image, fmt, quality=90, exif=exif.tobytes())
+
+
+def truncated_phone_format(fmt: str) -> bytes:
+    """The first half of phone_format(fmt)."""
+    data = phone_format(fmt)
+    return data[: len(data) // 2]
+
+
+def corrupt_phone_format(fmt: str) -> bytes:
+    """phone_format(fmt) with 64 bytes of its box structure (the metadata after the ftyp box) overwritten:
+    damaged coded pixels are concealed by the decoder, as in a JPEG, but a damaged header cannot be read."""
+    data = bytearray(phone_format(fmt))
+    data[32:96] = b"\xff" * 64
+    return bytes(data)
+
+
+@lru_cache
+def camera_raw(name: str = "coffee.jpg", preview: bool = True, orientation: int = 1) -> bytes:
+    """A packaged photo as a camera RAW: a DNG with a Bayer mosaic of it and, with ``preview``, the
+    full-size JPEG preview cameras embed. Made, not found: no package we can reach ships a RAW
+    (devtools/dng.py). ``orientation`` 6: stored on its side, to be turned 90 degrees clockwise."""
+    image = photo(name)
+    if orientation == 6:
+        image = image.transpose(Image.Transpose.ROTATE_90)
+    return dng(image, preview=preview, orientation=orientation)
+
+
+def truncated_camera_raw() -> bytes:
+    """The first half of camera_raw(): its directories whole, its sensor data cut."""
+    data = camera_raw()
+    return data[: len(data) // 2]
+
+
+def corrupt_camera_raw() -> bytes:
+    """camera_raw() with the directory of its sensor data (its first SubIFD) overwritten."""
+    data = bytearray(camera_raw())
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(bytes(data[:8]))
+    stream = io.BytesIO(bytes(data))
+    stream.seek(ifd.next)
+    ifd.load(stream)
+    sensor = ifd[330][0]  # SubIFDs
+    data[sensor : sensor + 64] = b"\xff" * 64
+    return bytes(data)
 
 
 def cat_upright_jpeg() -> bytes:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, ImageOps
+from client.image_files import open_image
 
 THUMB_SIDE = 240
 
@@ -37,12 +37,10 @@ class Card:
 def thumbnail_uri(path: Path) -> str | None:
     """A small JPEG of the image as a data URI, or None when the file cannot be read."""
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            image.thumbnail((THUMB_SIDE, THUMB_SIDE))
-            buf = io.BytesIO()
-            image.save(buf, "JPEG", quality=80)
+        image = open_image(path, "RGB", THUMB_SIDE).convert("RGB")  # HEIC, AVIF, RAW too: a browser gets a JPEG
+        image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=80)
     except Exception:  # a report must not fail on one unreadable file
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from client.image_files import open_image
 
 HASH_SIDE = 8  # 8x8 = 64 bits
 THUMB_SIDE = 32  # imagehash's highfreq_factor 4
@@ -52,9 +54,7 @@ def phash_image(image: Image.Image) -> PHash:
 def phash_file(path: str | Path) -> PHash | None:
     """The pHash of an image file shown upright (EXIF orientation applied); None if it cannot be read."""
     try:
-        with Image.open(path) as image:
-            image.draft("L", (DRAFT_SIDE, DRAFT_SIDE))
-            return phash_image(ImageOps.exif_transpose(image))
+        return phash_image(open_image(path, "L", DRAFT_SIDE))
     except Exception:  # unreadable, truncated, not an image: the caller falls back to cosine alone
         return None
 

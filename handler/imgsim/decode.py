@@ -6,11 +6,20 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .raw import CameraRaw, RawError, camera_marks
+
 # PIL formats we accept (the JPEG plugin also opens phone cameras' multi-picture MPO files).
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# HEIF is a phone's HEIC (pillow-heif, libheif); AVIF is Pillow's own; camera RAWs go to LibRaw (raw.py).
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+ACCEPTED_NAMES = "a JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF or camera RAW image"
+pillow_heif.register_heif_opener()
 DEFAULT_MAX_PIXELS = 100_000_000
+# A RAW's embedded image with a shorter side is a thumbnail (a DNG's 256x171, a NEF's 160x120),
+# too coarse to stand for the photo: the RAW is developed in full instead.
+MIN_PREVIEW_SIDE = 256
 Image.init()  # registers every plugin, so ``formats=`` below can name WebP and TIFF
 # Our configurable limit (checked in _open from the header, before any pixel is decoded)
 # replaces PIL's fixed one, which would otherwise refuse at its own threshold first.
@@ -34,11 +43,18 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: 
 
     ``draft_side``: for JPEG, let the decoder scale down by 1/2, 1/4 or 1/8 while
     decoding as long as the short side stays at least this many pixels (much
-    cheaper than a full decode followed by a resize).
+    cheaper than a full decode followed by a resize); a camera RAW developed from
+    its sensor data is demosaiced at half size on the same condition.
     """
     if not data:
         raise DecodeError("empty", "the image is empty (0 bytes)")
-    image = _open(data, max_pixels)
+    marks = camera_marks(data)  # None, without a look at LibRaw, for all but RAWs and camera TIFFs
+    image = _decode_raw(data, marks, max_pixels, draft_side) if marks else None
+    return image if image is not None else _decode(_open(data, max_pixels), draft_side)
+
+
+def _decode(image: Image.Image, draft_side: int | None) -> Image.Image:
+    """An opened image's pixels, upright and RGB."""
     if draft_side and image.format in ("JPEG", "MPO"):
         image.draft("RGB", (draft_side, draft_side))
     try:
@@ -48,6 +64,35 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: 
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         raise DecodeError("corrupt_image", f"the {image.format} data is damaged or truncated ({exc})") from None
     return to_rgb(_upright(image))
+
+
+def _decode_raw(data: bytes, marks: str, max_pixels: int, draft_side: int | None) -> Image.Image | None:
+    """A camera RAW: its embedded preview where it has one big enough, else its sensor data developed.
+    None for a TIFF that LibRaw does not take for a RAW (PIL decodes it)."""
+    try:
+        camera = CameraRaw.open(data)
+        if camera is None and marks == "raw":  # LibRaw reads nearly every camera's files: more likely damage
+            raise RawError("LibRaw does not recognise it: damaged directories, or a camera LibRaw does not know")
+        if camera is None:
+            return None
+        with camera:
+            image = _raw_preview(camera, max_pixels, draft_side)
+            if image is None:
+                width, height = camera.sensor_size
+                _check_pixels(width, height, max_pixels)  # before LibRaw unpacks a pixel
+                image = camera.develop(half_size=bool(draft_side) and min(width, height) // 2 >= draft_side)
+    except RawError as exc:
+        raise DecodeError("corrupt_image", f"the camera RAW is damaged or truncated ({exc})") from None
+    return to_rgb(image)
+
+
+def _raw_preview(camera: CameraRaw, max_pixels: int, draft_side: int | None) -> Image.Image | None:
+    """The RAW's embedded JPEG preview, decoded as any JPEG; None where it has none, or only a thumbnail."""
+    jpeg = camera.preview_jpeg()
+    if jpeg is None:
+        return None
+    image = _open(jpeg, max_pixels)
+    return _decode(image, draft_side) if min(image.size) >= MIN_PREVIEW_SIDE else None
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -64,13 +109,17 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         kind = _signature(data)
         if kind:  # PIL gives up on a damaged header (a bad IHDR checksum) the same way as on a PDF
-            raise DecodeError("corrupt_image", f"the data starts like a {kind} but its header is damaged") from None
-        raise DecodeError(
-            "unsupported_format", "not a JPEG, PNG, WebP, GIF, BMP or TIFF image", 415
-        ) from None
+            article = "an" if kind[0] in "AEIOU" else "a"
+            message = f"the data starts like {article} {kind} but its header is damaged"
+            raise DecodeError("corrupt_image", message) from None
+        raise DecodeError("unsupported_format", f"not {ACCEPTED_NAMES}", 415) from None
     except Exception as exc:
         raise DecodeError("corrupt_image", f"the image header cannot be read ({exc})") from None
-    width, height = image.size
+    _check_pixels(*image.size, max_pixels)
+    return image
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise DecodeError(
             "too_many_pixels",
@@ -79,7 +128,6 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         )
     if width < 1 or height < 1:
         raise DecodeError("corrupt_image", f"the image declares a size of {width}x{height}")
-    return image
 
 
 def _signature(data: bytes) -> str | None:
@@ -94,6 +142,12 @@ def _signature(data: bytes) -> str | None:
         return "WebP"
     if data.startswith((b"II*\x00", b"MM\x00*")):
         return "TIFF"
+    if data[4:8] == b"ftyp":  # ISO base media: the major brand names the codec
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
+            return "HEIF"
     if data.startswith(b"BM") and int.from_bytes(data[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
         return "BMP"  # "BM" alone is too common a start for text: also require a known DIB header size
     return None

@@ -26,6 +26,8 @@ from devtools.images import (
     cat_palette_with_transparency,
     cat_sixteen_bit_png,
     cmyk_jpeg,
+    corrupt_camera_raw,
+    corrupt_phone_format,
     html_as_png,
     one_pixel,
     photo_over_40mp,
@@ -35,7 +37,9 @@ from devtools.images import (
     random_bytes,
     svg,
     text_as_jpeg,
+    truncated_camera_raw,
     truncated_jpeg,
+    truncated_phone_format,
     truncated_png,
 )
 
@@ -120,6 +124,23 @@ CASES: list[Case] = [
     image_case("svg", "an SVG drawing", "drawing.svg", svg),
     image_case("truncated_jpeg", "the first half of a JPEG photo", "half.jpg", truncated_jpeg),
     image_case("truncated_png", "the first half of a PNG photo", "half.png", truncated_png),
+    image_case("truncated_heic", "the first half of a HEIC photo", "half.heic", lambda: truncated_phone_format("HEIF")),
+    image_case(
+        "corrupt_heic", "a HEIC photo with 64 bytes of its header boxes overwritten", "broken.heic",
+        lambda: corrupt_phone_format("HEIF"),
+    ),  # fmt: skip
+    image_case(
+        "truncated_avif", "the first half of an AVIF photo", "half.avif", lambda: truncated_phone_format("AVIF"),
+    ),  # fmt: skip
+    image_case(
+        "corrupt_avif", "an AVIF photo with 64 bytes of its header boxes overwritten", "broken.avif",
+        lambda: corrupt_phone_format("AVIF"),
+    ),  # fmt: skip
+    image_case("truncated_raw", "the first half of a camera RAW photo (DNG)", "half.dng", truncated_camera_raw),
+    image_case(
+        "corrupt_raw", "a camera RAW photo (DNG) whose sensor-data directory is overwritten", "broken.dng",
+        corrupt_camera_raw,
+    ),  # fmt: skip
     image_case(
         "png_bad_header_crc", "a PNG photo whose IHDR chunk CRC is wrong", "badcrc_header.png",
         lambda: png_with_bad_crc(b"IHDR"),
