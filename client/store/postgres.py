@@ -125,7 +125,7 @@ def _halfvec_indexes(conn: Any) -> None:
 
 
 _SCHEMA_V3 = """
-CREATE TABLE imgsim.not_duplicates (
+CREATE TABLE IF NOT EXISTS imgsim.not_duplicates (
     sha_a     text NOT NULL,               -- the smaller sha256 of the pair
     sha_b     text NOT NULL,
     marked_at timestamptz NOT NULL DEFAULT now(),
@@ -133,7 +133,7 @@ CREATE TABLE imgsim.not_duplicates (
     CHECK (sha_a < sha_b)
 );
 -- byte order ("C"), so that a folder is one range of paths whatever the database's collation
-CREATE INDEX paths_by_path ON imgsim.paths (path COLLATE "C")
+CREATE INDEX IF NOT EXISTS paths_by_path ON imgsim.paths (path COLLATE "C")
 """
 
 

@@ -80,14 +80,14 @@ CREATE TABLE endpoints (
 
 
 _SCHEMA_V3 = f"""
-CREATE TABLE not_duplicates (
+CREATE TABLE IF NOT EXISTS not_duplicates (
     sha_a     TEXT NOT NULL,               -- the smaller sha256 of the pair
     sha_b     TEXT NOT NULL,
     marked_at TEXT NOT NULL DEFAULT {_NOW},
     PRIMARY KEY (sha_a, sha_b),
     CHECK (sha_a < sha_b)
 );
-CREATE INDEX paths_by_path ON paths (path);
+CREATE INDEX IF NOT EXISTS paths_by_path ON paths (path);
 """
 
 
