@@ -2,7 +2,8 @@
 
 Embeddings come from the server once and are remembered in the store, so a rerun
 over the same folder sends nothing. Each group says why its members belong together;
-client/duplicates/ has the rules and docs/DEDUP.md how they were calibrated.
+client/duplicates/ has the rules and docs/DEDUP.md how they were calibrated. Acting on
+the groups (--move-to, --trash, --undo, --not-duplicates) is wired in dedup_actions.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from client.commands import dedup_actions as actions
 from client.commands import html_report as report
 from client.commands.options import (
     STORE_NAME,
@@ -29,8 +31,10 @@ from client.commands.options import (
     write_out,
 )  # fmt: skip
 from client.commands.tables import groups_frame
-from client.duplicates import Content, Group, Thresholds, find_groups, thresholds_for
+from client.duplicates import TIERS, Content, Group, Thresholds, build_groups, content_links, thresholds_for
+from client.duplicates.plan import DEFAULT_KEEP, KEEP_RULES
 from client.embedding import embed_files
+from client.moves import MANIFEST_NAME
 from client.scan import ImageFile, candidate_files, describe
 from client.store import EmbeddingStore, StoreError, open_store
 from client.torchserve_client import ServerError
@@ -41,12 +45,23 @@ EXAMPLES = f"""examples:
   python client/dedup.py ~/photos --html dupes.html         # thumbnails per group
   python client/dedup.py ~/photos --similar                 # also: same subject, another photo
   python client/dedup.py --store ~/photos/{STORE_NAME}   # everything stored, no server needed
+  python client/dedup.py ~/photos --move-to ~/dupes --dry-run   # the plan: which copy stays, which go
+  python client/dedup.py ~/photos --move-to ~/dupes        # move them (manifest first: ~/dupes/{MANIFEST_NAME})
+  python client/dedup.py --undo ~/dupes                    # ... and put every one back
+  python client/dedup.py ~/photos --trash --keep oldest    # to the desktop trash instead, keeping the oldest
+  python client/dedup.py ~/photos --not-duplicates a.jpg b.jpg   # never group these two again
 
 Tiers: exact = identical bytes; near = the same photo after edits (crop, rescale,
 re-encode, brightness, colour, flip, small rotation, caption); similar (--similar) =
 same subject, another photo. Thresholds are calibrated per model (docs/DEDUP.md).
 Subfolders are included unless --no-recursive. The store is FOLDER/{STORE_NAME} unless
 --store names another SQLite file or a postgresql:// URL.
+
+Acting: one file per group is kept (--keep: most pixels, then the largest file, then the
+oldest, by default); the others are moved into DIR at the same relative paths, or trashed.
+Only exact and near groups are acted on unless --move-tiers names similar. A file that
+changed since it was scanned is skipped; nothing is ever overwritten or deleted. A folder
+holding {MANIFEST_NAME} is left out of every scan.
 """
 HTML_GROUPS = 200
 
@@ -67,18 +82,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_common_args(p)
     p.add_argument("--html", type=Path, help="also write an HTML page with thumbnails per group")
     p.add_argument("--html-groups", type=int, default=HTML_GROUPS, help=f"groups on that page (default {HTML_GROUPS})")
+    act = p.add_argument_group("acting on the groups (nothing is ever deleted)")
+    act.add_argument("--move-to", type=Path, metavar="DIR", help="move all but the kept file of each group into DIR")
+    act.add_argument("--trash", action="store_true", help="send them to the desktop trash instead")
+    act.add_argument("--undo", type=Path, metavar="DIR", help="move back everything DIR's manifest says was moved")
+    act.add_argument("--keep", choices=KEEP_RULES, default=DEFAULT_KEEP,
+                     help="which file of a group stays (default pixels: most pixels, then largest, then oldest)")  # fmt: skip
+    act.add_argument("--move-tiers", default="exact,near", type=lambda v: [t.strip() for t in v.split(",") if t.strip()],
+                     help="tiers of the groups acted on (default exact,near; similar needs --similar too)")  # fmt: skip
+    act.add_argument("--dry-run", action="store_true", help="print the plan (or the undo) and touch nothing")
+    act.add_argument("--not-duplicates", nargs=2, action="append", metavar=("A", "B"),
+                     help="remember in the store that files A and B are not duplicates (no server needed)")  # fmt: skip
     args = p.parse_args(argv)
     check_common_args(p, args)
-    if args.folder is None and args.store is None:
+    _check_actions(p, args)
+    if args.folder is None and args.store is None and not args.undo:
         p.error("give a folder, or --store to search everything a store holds")
     if args.folder is not None and not args.folder.is_dir():
         p.error(f"{args.folder} is not a folder")
     return args
 
 
+def _check_actions(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    chosen = [flag for flag, on in (("--move-to", args.move_to), ("--trash", args.trash), ("--undo", args.undo),
+                                    ("--not-duplicates", args.not_duplicates)) if on]  # fmt: skip
+    if len(chosen) > 1:
+        p.error(f"{' and '.join(chosen)} exclude each other: one action per run")
+    if args.dry_run and not (args.move_to or args.trash or args.undo):
+        p.error("--dry-run goes with --move-to DIR, --trash or --undo DIR")
+    unknown = [t for t in args.move_tiers if t not in TIERS]
+    if unknown or not args.move_tiers:
+        p.error(f"--move-tiers takes tiers among {','.join(TIERS)}, not {','.join(unknown) or 'nothing'}")
+    if "similar" in args.move_tiers and not args.similar:
+        p.error("--move-tiers similar needs --similar (similar groups are only found when asked)")
+    if (args.move_to or args.trash) and args.folder is None:
+        p.error(f"{chosen[0]} needs a FOLDER: files are moved with their paths inside it")
+    if args.move_to and args.folder is not None:
+        folder, dest = args.folder.resolve(), args.move_to.resolve()
+        if dest == folder or dest in folder.parents:
+            p.error(f"--move-to {args.move_to} is {args.folder} or a folder above it: give another folder")
+    if args.not_duplicates and args.folder is None and args.store is None:
+        p.error("--not-duplicates needs a FOLDER (its store) or --store")
+    if args.not_duplicates and args.no_store:
+        p.error("--not-duplicates is remembered in the store: drop --no-store")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     show_notices("dedup.py")
+    if args.undo:
+        return actions.run_undo(args)
+    if args.not_duplicates:
+        return actions.mark_not_duplicates(args)
     started = time.perf_counter()
     try:
         store = None if args.no_store else open_store(args.store or args.folder / STORE_NAME)
@@ -90,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             if found is None:
                 return 2
             contents, vectors, architecture, note = found
+            apart = store.not_duplicates() if store else set()
         finally:
             if store:
                 store.close()
@@ -110,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     grouping = time.perf_counter()
-    groups = find_groups(contents, vectors, t, similar=args.similar)
+    links = content_links(contents, vectors, t, similar=args.similar)
+    groups = build_groups(contents, links, apart)
     grouped_s = time.perf_counter() - grouping
+    if actions.acting(args):
+        return actions.act(args, contents, links, apart, groups)
     frame = groups_frame(groups)
     emit(frame, args)
     if args.html:
@@ -133,6 +192,7 @@ Found = tuple[list[Content], np.ndarray, str, str]  # contents, their vectors, a
 
 def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found | None:
     images, others = candidate_files(args.folder, args.recursive)
+    images, held = _outside_move_folders(args.folder, images, others, args.move_to)
     files = [describe(path, args.folder) for path in tqdm(images, desc="hashing", unit="file", file=sys.stderr,
                                                          disable=args.quiet or len(images) < 1000)]  # fmt: skip
     if not files:
@@ -151,7 +211,22 @@ def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found
     vectors = _matrix([embedded.items[c.sha256]["embedding"] for c in contents], embedded.identity["embedding_dim"])
     note = (f"skipped {len(others)} (not images), failed {len(embedded.errors)}; "
             f"sent {embedded.sent} to the server, reused {embedded.reused} from the store")  # fmt: skip
+    if held:
+        note += f"; left out {held} files in folders that duplicates were moved into"
     return contents, vectors, embedded.identity["architecture"], note
+
+
+def _outside_move_folders(folder: Path, images: list[Path], others: list[Path],
+                          dest: Path | None) -> tuple[list[Path], int]:  # fmt: skip
+    """The images outside every folder that duplicates were moved into (it holds a manifest, or is --move-to)."""
+    root = folder.resolve()
+    held = {root / p.parent.relative_to(folder) for p in others if p.name == MANIFEST_NAME}
+    if dest is not None:
+        held.add(dest.resolve())
+    if not held:
+        return images, 0
+    kept = [p for p in images if not held.intersection((root / p.relative_to(folder)).parents)]
+    return kept, len(images) - len(kept)
 
 
 def from_store(args: argparse.Namespace, store: EmbeddingStore) -> Found | None:

@@ -23,6 +23,9 @@ h1{font-size:20px} h2{font-size:16px;margin-top:28px}
 .name{font-weight:600;word-break:break-all;margin-top:6px}
 .meta{font-size:13px;color:#555}
 .missing{width:240px;height:240px;display:flex;align-items:center;justify-content:center;background:#eee}
+.badge{display:inline-block;font-size:12px;font-weight:700;color:#fff;background:#777;border-radius:4px;padding:2px 6px;margin-top:6px}
+.badge-keep{background:#1d7a3a} .badge-move,.badge-moved,.badge-trash,.badge-trashed{background:#b5540b}
+.badge-skipped{background:#b3261e}
 """
 
 
@@ -32,6 +35,7 @@ class Card:
     title: str
     lines: Sequence[str]
     reference: bool = False
+    badge: str = ""  # e.g. "keep" or "moved": a label over the name, coloured by its first word
 
 
 def thumbnail_uri(path: Path) -> str | None:
@@ -52,7 +56,8 @@ def _card(card: Card) -> str:
     picture = f'<img src="{uri}" alt="{title}">' if uri else '<div class="missing">no preview</div>'
     meta = "".join(f'<div class="meta">{html.escape(line)}</div>' for line in card.lines)
     css = "card reference" if card.reference else "card"
-    return f'<div class="{css}">{picture}<div class="name">{title}</div>{meta}</div>'
+    badge = f'<div class="badge badge-{card.badge.split()[0]}">{html.escape(card.badge)}</div>' if card.badge else ""
+    return f'<div class="{css}">{picture}{badge}<div class="name">{title}</div>{meta}</div>'
 
 
 def render(title: str, sections: Sequence[tuple[str, Sequence[Card]]]) -> str:

@@ -10,7 +10,8 @@ Two images are linked when one of these holds, strongest first:
   that middle band, from the local files, and only when they can be read.
 - ``similar`` (only when asked): cosine >= ``similar`` (same subject, another photo).
 
-A group is a connected component of those links (union-find). Its tier is the weakest
+A group is a connected component of those links (union-find); a pair marked "not
+duplicates" in the store never shares a group, not even through a third image. Its tier is the weakest
 link it needs: ``exact`` when all its files have the same bytes, ``near`` when exact and
 near links connect it, ``similar`` when it needs a similar link. Each member also says
 how it is tied in: its strongest link to another member, and to which.
@@ -21,12 +22,13 @@ photos; see docs/DEDUP.md.
 
 By role: ``thresholds`` (the numbers per model), ``pairs`` (the linear algebra),
 ``rule`` (the pair rule and its pHash cache), ``grouping`` (union-find into groups),
-``seen`` (the store query behind ``rank.py --seen``), ``phash`` (perceptual hashes).
+``seen`` (the store query behind ``rank.py --seen``), ``phash`` (perceptual hashes),
+``plan`` (which copy of each group is kept and which are moved; ``client.moves`` moves them).
 Tables of the results are the command line's business (``client.commands.tables``).
 """
 
 
-from client.duplicates.grouping import Content, Group, Member, build_groups, find_groups
+from client.duplicates.grouping import Content, Group, Member, build_groups, content_links, find_groups
 from client.duplicates.pairs import cosine_pairs, unit_rows
 from client.duplicates.rule import HashCache, Link, classify, find_links
 from client.duplicates.seen import SeenMatch, seen_matches
@@ -34,6 +36,7 @@ from client.duplicates.thresholds import CALIBRATED, TIERS, UNCALIBRATED, Thresh
 
 __all__ = [
     "CALIBRATED", "TIERS", "UNCALIBRATED", "Content", "Group", "HashCache", "Link", "Member", "SeenMatch",
-    "Thresholds", "build_groups", "classify", "cosine_pairs", "find_groups", "find_links", "seen_matches",
+    "Thresholds", "build_groups", "classify", "content_links", "cosine_pairs", "find_groups", "find_links",
+    "seen_matches",
     "thresholds_for", "unit_rows",
 ]  # fmt: skip

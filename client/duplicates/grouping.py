@@ -3,11 +3,15 @@
 A group's tier is the weakest link it needs: ``exact`` when all its files have the same
 bytes, ``near`` when exact and near links connect it, ``similar`` when it needs a similar
 link. Each member also says how it is tied in: its strongest link to another member.
+
+Pairs marked "not duplicates" (``apart``) never end up in one group, not even through a
+third image: links are joined strongest first, and a link that would join two groups
+holding such a pair is left out (a cannot-link constraint on the union-find).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +53,13 @@ class Group:
 
 
 class _UnionFind:
-    def __init__(self, n: int):
+    """Union-find whose ``union`` refuses to join two sets holding a pair of ``apart``."""
+
+    def __init__(self, n: int, apart: dict[int, set[int]] | None = None):
         self.parent = list(range(n))
+        # per root, only for sets that hold a marked index: those indices, and the ones they must never join
+        self.marked: dict[int, set[int]] = {i: {i} for i in apart or {}}
+        self.enemies: dict[int, set[int]] = {i: set(others) for i, others in (apart or {}).items()}
 
     def find(self, x: int) -> int:
         while self.parent[x] != x:
@@ -58,19 +67,44 @@ class _UnionFind:
             x = self.parent[x]
         return x
 
-    def union(self, a: int, b: int) -> None:
+    def union(self, a: int, b: int) -> bool:
+        """Joins the sets of a and b; False when that would put a pair marked apart together (nothing changes)."""
         ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        if ra == rb:
+            return True
+        if self.enemies.get(ra, set()) & self.marked.get(rb, set()):
+            return False
+        root, child = min(ra, rb), max(ra, rb)
+        self.parent[child] = root
+        if child in self.marked:
+            self.marked[root] = self.marked.get(root, set()) | self.marked.pop(child)
+            self.enemies[root] = self.enemies.get(root, set()) | self.enemies.pop(child)
+        return True
 
 
-def build_groups(contents: Sequence[Content], links: Iterable[Link]) -> list[Group]:
-    """Connected components with two or more files, largest first, each member with its tie."""
+def _apart_indices(contents: Sequence[Content], apart: Collection[tuple[str, str]]) -> dict[int, set[int]]:
+    index = {c.sha256: i for i, c in enumerate(contents)}
+    out: dict[int, set[int]] = {}
+    for a, b in apart:
+        if a in index and b in index and a != b:
+            out.setdefault(index[a], set()).add(index[b])
+            out.setdefault(index[b], set()).add(index[a])
+    return out
+
+
+def build_groups(contents: Sequence[Content], links: Iterable[Link],
+                 apart: Collection[tuple[str, str]] = ()) -> list[Group]:  # fmt: skip
+    """Connected components with two or more files, largest first, each member with its tie.
+
+    ``apart`` holds pairs of sha256s marked not duplicates: they never share a group.
+    """
     links = sorted(links, key=lambda link: (RANK[link.tier], -link.cosine))
-    near, every = _UnionFind(len(contents)), _UnionFind(len(contents))
+    kept_apart = _apart_indices(contents, apart)
+    near, every = _UnionFind(len(contents), kept_apart), _UnionFind(len(contents), kept_apart)
     best: dict[int, Link] = {}  # each content's strongest link: sorted, so the first one seen
     for link in links:
-        every.union(link.a, link.b)
+        if not every.union(link.a, link.b):
+            continue  # it would join a pair marked apart: this link does not count
         if link.tier == "near":
             near.union(link.a, link.b)
         best.setdefault(link.a, link)
@@ -107,12 +141,18 @@ def _members(contents: Sequence[Content], index: int, link: Link | None) -> list
     return members
 
 
-def find_groups(contents: Sequence[Content], vectors: np.ndarray, t: Thresholds, similar: bool = False,
-                hashes: Callable[[str], PHash | None] | None = None) -> list[Group]:  # fmt: skip
-    """Groups of ``contents`` whose rows of ``vectors`` (same order) are linked; ``vectors`` is normalised in place."""
+def content_links(contents: Sequence[Content], vectors: np.ndarray, t: Thresholds, similar: bool = False,
+                  hashes: Callable[[str], PHash | None] | None = None) -> list[Link]:  # fmt: skip
+    """The links between ``contents`` whose rows of ``vectors`` (same order) match; ``vectors`` is normalised in place."""
     if len(contents) != len(vectors):
         raise ValueError(f"{len(contents)} contents but {len(vectors)} vectors")
     hashes = hashes or HashCache({c.sha256: [p for _, p in c.files] for c in contents})
     unit = unit_rows(vectors, out=vectors) if vectors.dtype == np.float32 else unit_rows(vectors)
-    links = find_links(unit, [c.sha256 for c in contents], t, similar, hashes) if len(contents) > 1 else []
-    return build_groups(contents, links)
+    return find_links(unit, [c.sha256 for c in contents], t, similar, hashes) if len(contents) > 1 else []
+
+
+def find_groups(contents: Sequence[Content], vectors: np.ndarray, t: Thresholds, similar: bool = False,
+                hashes: Callable[[str], PHash | None] | None = None,
+                apart: Collection[tuple[str, str]] = ()) -> list[Group]:  # fmt: skip
+    """Groups of ``contents`` whose rows of ``vectors`` (same order) are linked, never joining a pair of ``apart``."""
+    return build_groups(contents, content_links(contents, vectors, t, similar, hashes), apart)
