@@ -90,10 +90,16 @@ class EmbeddingClient:
                 yield results
 
     def _send(self, batch: Sequence[Upload]) -> list[Result]:
-        body = tar_body(batch)
+        try:
+            body = tar_body(batch)
+        except OSError as exc:
+            # a file deleted or made unreadable since it was listed (a folder being watched): it fails alone
+            if len(batch) == 1:
+                return [Result(batch[0].name, _unreadable(batch[0], exc))]
+            half = len(batch) // 2
+            return self._send(batch[:half]) + self._send(batch[half:])
         response = self._post_with_retries(body)
-        if response.status_code == 413 and not response.content:
-            # TorchServe's own refusal of a body over max_request_size (ours always has a JSON body):
+        if _over_size_limit(response):
             # halve the batch until it fits; a single file that is too big fails on its own.
             if len(batch) > 1:
                 half = len(batch) // 2
@@ -164,9 +170,26 @@ def tar_body(batch: Sequence[Upload]) -> bytes:
     return buffer.getvalue()
 
 
+def _over_size_limit(response: requests.Response) -> bool:
+    """A 413 for the size of the body: TorchServe's own (empty) or an edge proxy's in front of it
+    (deploy/edge: JSON without an imgsim error). The handler's own 413s name an imgsim error."""
+    if response.status_code != 413:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    return not (isinstance(body, dict) and "error" in body)
+
+
 def _too_large(upload: Upload, size: int) -> dict:
     message = f"{size:,} bytes is over the server's request size limit (max_request_size in config.properties)"
     return {"file": upload.name, "error": {"code": "too_large", "message": message}}
+
+
+def _unreadable(upload: Upload, exc: OSError) -> dict:
+    message = f"could not be read to send it: {exc.strerror or exc}"
+    return {"file": upload.name, "error": {"code": "unreadable", "message": message}}
 
 
 def _missing(upload: Upload) -> dict:
