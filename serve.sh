@@ -44,15 +44,20 @@ for model in "${models[@]}"; do
   fi
   specs+=("$model=$model.mar")
 done
+# The config's metrics_config names a file from the repository root, but TorchServe resolves it
+# against its own working directory (and a worker without it fails): the copy names it absolutely.
+absolute_metrics_config() {
+  HERE="$here" awk -F= -v OFS="=" '$1 == "metrics_config" && $2 !~ /^\// { $2 = ENVIRON["HERE"] "/" $2 } { print }'
+}
 # The config TorchServe runs with, overrides applied, is kept beside key_file.json: the readiness
 # check (client/readiness.py) reads the addresses from there and the keys from key_file.json.
 mkdir -p logs
 effective="logs/serving.properties"
 if [ ${#override[@]} -gt 0 ]; then
-  grep -v -E "^($(IFS='|'; echo "${!override[*]}"))=" "$config" > "$effective"
+  grep -v -E "^($(IFS='|'; echo "${!override[*]}"))=" "$config" | absolute_metrics_config > "$effective"
   for key in "${!override[@]}"; do echo "$key=${override[$key]}" >> "$effective"; done
 else
-  cp "$config" "$effective"
+  absolute_metrics_config < "$config" > "$effective"
 fi
 args=(--start --ncs --ts-config "$effective" --model-store "$store" --models "${specs[@]}")
 if [ "$foreground" = 1 ]; then

@@ -1,7 +1,8 @@
 """TorchServe entry point: adapts TorchServe's lifecycle onto imgsim.pipeline.
 
 Everything model-, image- and response-specific lives in the ``imgsim`` package;
-this file only reads TorchServe's context and hands replies back with their status.
+this file only reads TorchServe's context, hands replies back with their status and
+reports each batch's figures (``BatchStats``) as the TorchServe metrics config/metrics.yaml declares.
 
 It keeps TorchServe's lifecycle (initialize, preprocess, inference, postprocess) without
 subclassing its BaseHandler: importing that module also imports ``openvino.torch`` and
@@ -16,10 +17,24 @@ import os
 import time
 
 import torch
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
+from ts.metrics.metric_type_enum import MetricTypes
 
-from imgsim.pipeline import Batch, Pipeline, PipelineConfig, Reply, select_device
+from imgsim.pipeline import Batch, BatchStats, Pipeline, PipelineConfig, Reply, select_device
 
 logger = logging.getLogger(__name__)
+
+# What the handler reports per batch: name, type, unit, dimensions. Each is declared alike in
+# config/metrics.yaml's model_metrics, or TorchServe's frontend drops it.
+METRICS = {
+    "ImagesServed": (MetricTypes.COUNTER, "Count", ("ModelName",)),
+    "ImageErrors": (MetricTypes.COUNTER, "Count", ("ModelName", "code")),
+    "RequestsPerBatch": (MetricTypes.HISTOGRAM, "Count", ("ModelName",)),
+    "ImagesPerBatch": (MetricTypes.HISTOGRAM, "Count", ("ModelName",)),
+    "DecodeTime": (MetricTypes.HISTOGRAM, "ms", ("ModelName",)),
+    "ModelTime": (MetricTypes.HISTOGRAM, "ms", ("ModelName",)),
+    "ResponseTime": (MetricTypes.HISTOGRAM, "ms", ("ModelName",)),
+}
 
 
 class EmbeddingHandler:
@@ -28,6 +43,7 @@ class EmbeddingHandler:
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None
         self.context = None
+        self.metrics: dict = {}
         self.initialized = False
 
     def initialize(self, context) -> None:
@@ -46,6 +62,7 @@ class EmbeddingHandler:
             self.pipeline.loaded_from, device, threads, properties.get("batch_size"), time.perf_counter() - started,
         )  # fmt: skip
         self.context = context
+        self.metrics = declared_metrics(context.metrics)
         self.initialized = True
 
     def handle(self, data: list[dict], context) -> list[str]:
@@ -68,4 +85,46 @@ class EmbeddingHandler:
             self.context.set_response_status(reply.status, "", idx)
             self.context.set_response_content_type(idx, "application/json")
         logger.info("batch of %d requests, %d images", len(replies), 0 if data.pixels is None else len(data.pixels))
+        report(self.metrics, self.context.model_name, data.stats)
         return [reply.body for reply in replies]
+
+
+def declared_metrics(cache) -> dict:
+    """The worker's metric objects for METRICS, as the metrics config declares them."""
+    metrics = {}
+    for name, (kind, unit, dimensions) in METRICS.items():
+        try:
+            metric = cache.get_metric(name, kind)
+        except MetricsCacheKeyError:
+            # still logged, but the frontend publishes it only with model_metrics_auto_detect=true
+            logger.warning(
+                "metric %s (%s) is not in the metrics config: metrics_config should name config/metrics.yaml",
+                name, kind.value,
+            )  # fmt: skip
+            metric = cache.add_metric_to_cache(name, unit, list(dimensions), kind)
+        if sorted(metric.dimension_names) != sorted(dimensions):  # fail at start, not in every batch
+            raise ValueError(
+                f"the metrics config gives {name} the dimensions {metric.dimension_names}; "
+                f"the handler fills {list(dimensions)}"
+            )
+        metrics[name] = metric
+    return metrics
+
+
+def report(metrics: dict, model_name: str, stats: BatchStats) -> None:
+    """One batch's figures: the worker logs them, the frontend publishes them on its metrics address."""
+
+    def add(name: str, value: float, **labels: str) -> None:
+        metric, labels["ModelName"] = metrics[name], model_name
+        # values in the order the metrics config lists the dimensions
+        metric.add_or_update(value, [labels[dimension] for dimension in metric.dimension_names])
+
+    add("ImagesServed", stats.images)
+    for code, count in sorted(stats.errors.items()):
+        add("ImageErrors", count, code=code)
+    add("RequestsPerBatch", stats.requests)
+    add("ImagesPerBatch", stats.images)
+    add("DecodeTime", round(stats.decode_ms, 3))
+    if stats.images:  # a batch of refusals never reaches the model
+        add("ModelTime", round(stats.model_ms, 3))
+    add("ResponseTime", round(stats.response_ms, 3))

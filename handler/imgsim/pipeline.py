@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -61,6 +63,19 @@ class Reply:
 
 
 @dataclass
+class BatchStats:
+    """What one batch carried and where its time went, as plain numbers a server reports its own way."""
+
+    requests: int = 0
+    images: int = 0  # images that reached the model (each gets an embedding)
+    # refusals by error code: one per refused image, one per request refused whole (too_many_images)
+    errors: Counter[str] = field(default_factory=Counter)
+    decode_ms: float = 0.0  # parsing the bodies, decoding and cropping the images
+    model_ms: float = 0.0  # normalising the batch and the forward pass
+    response_ms: float = 0.0  # top-k labels, embeddings to lists, JSON
+
+
+@dataclass
 class Batch:
     """All images of all requests of one server batch, flattened into one tensor."""
 
@@ -70,6 +85,7 @@ class Batch:
     pixels: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    stats: BatchStats = field(default_factory=BatchStats)
 
 
 def engine_choice(config: PipelineConfig, spec: ModelSpec, device: torch.device) -> tuple[str, str]:
@@ -119,7 +135,11 @@ class Pipeline:
         return self.respond(self.infer(self.prepare(requests)))
 
     def prepare(self, requests: Sequence[Mapping[str, Any]]) -> Batch:
+        started = time.perf_counter()
         batch = Batch([parse_request(parts, self.config.max_images_per_request) for parts in requests])
+        stats = batch.stats
+        stats.requests = len(batch.requests)
+        stats.errors.update(request.error.code for request in batch.requests if request.error is not None)
         images = [image for request in batch.requests for image in request.images if image.error is None]
         # PIL releases the GIL while it decodes and resizes, so threads use every core
         outcomes = iter(list(self._decoders.map(self._crop_or_error, [image.data for image in images])))
@@ -130,6 +150,7 @@ class Pipeline:
                 outcome = image.error or next(outcomes)
                 if isinstance(outcome, DecodeError):
                     logger.info("image %r refused: %s", image.name, outcome)
+                    stats.errors[outcome.code] += 1
                     slots.append(outcome)
                 else:
                     crops.append(outcome)
@@ -137,6 +158,8 @@ class Pipeline:
             batch.rows.append(slots)
         if crops:
             batch.pixels = torch.stack(crops)
+        stats.images = len(crops)
+        stats.decode_ms = _ms_since(started)
         return batch
 
     def _crop_or_error(self, data: bytes) -> torch.Tensor | DecodeError:
@@ -154,10 +177,13 @@ class Pipeline:
     def infer(self, batch: Batch) -> Batch:
         if batch.pixels is None:
             return batch
+        started = time.perf_counter()
         batch.logits, batch.features = self.engine(normalize(batch.pixels, self.spec))
+        batch.stats.model_ms = _ms_since(started)
         return batch
 
     def respond(self, batch: Batch) -> list[Reply]:
+        started = time.perf_counter()
         predictions, embeddings = [], []
         if batch.logits is not None:
             predictions = top_k(batch.logits.softmax(dim=1), self.labels, self.config.top_k)
@@ -176,4 +202,9 @@ class Pipeline:
             ]
             errors = [slot if isinstance(slot, DecodeError) else None for slot in slots]
             replies.append(Reply(request_status(errors), to_json(items[0] if request.single else items)))
+        batch.stats.response_ms = _ms_since(started)
         return replies
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
