@@ -2,6 +2,8 @@
 #   docker build -t imgsim .                                   # resnet18 (downloads its weights at build)
 #   docker build --build-arg ARCH=efficientnet_lite0 -t imgsim .
 #   docker build --build-arg BASE_IMAGE=pytorch/torchserve:0.12.0-gpu -t imgsim:gpu .
+#   docker build -t imgsim:local .                 # the replicas of deploy/kubernetes/ (README, "Scale-out")
+#   docker build --build-arg THREADS=0 -t imgsim .  # one thread per core of the machine (see THREADS below)
 #   docker run --rm -p 127.0.0.1:8080:8080 imgsim             # publish on the host's loopback only
 #   docker exec <container> cat /home/model-server/imgsim/key_file.json   # the inference key
 #   docker exec <container> python -m client.readiness      # exit 0 once every model answers (the HEALTHCHECK)
@@ -9,6 +11,10 @@ ARG BASE_IMAGE=pytorch/torchserve:0.12.0-cpu
 FROM ${BASE_IMAGE}
 ARG ARCH=resnet18
 ENV ARCH=${ARCH}
+# Torch and decoding threads of the worker, baked into the archive. 0 would mean one per core, and
+# in a container that is the machine's count, not the CPUs the container may use: a 2-CPU pod on a
+# 64-core node would run 64 threads. deploy/kubernetes/ requests workers x THREADS CPUs (a test checks).
+ARG THREADS=2
 
 USER root
 WORKDIR /home/model-server/imgsim
@@ -21,6 +27,10 @@ COPY config/ config/
 COPY build_mar.sh serve.sh ./
 # The readiness check (stdlib only): the container's health check and a Kubernetes exec probe.
 COPY client/__init__.py client/server_files.py client/readiness.py client/
+# The edge proxy's entry script and nginx template: a Kubernetes pod copies them to its nginx sidecar.
+COPY deploy/edge/ deploy/edge/
+RUN sed -i -E "s/^(  (torch|decode)_threads:).*/\1 ${THREADS}/" config/model-config.yaml \
+    && test "$(grep -c -E "^  (torch|decode)_threads: ${THREADS}$" config/model-config.yaml)" = 2
 RUN PYTHON=python ./build_mar.sh --arch "${ARCH}" && chown -R model-server /home/model-server/imgsim
 USER model-server
 

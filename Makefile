@@ -40,6 +40,9 @@ system-deps:
 	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	@test -d /usr/share/openclipart/png || { apt-get update -qq && apt-get install -y -qq openclipart-png; }
+	@# nginx: the edge proxies and the load balancer of deploy/local/ (envsubst renders their config)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx; }
+	@command -v envsubst >/dev/null || { apt-get update -qq && apt-get install -y -qq gettext-base; }
 
 build: setup
 	./build_mar.sh --arch $(ARCH) $(if $(WEIGHTS),--weights $(WEIGHTS))

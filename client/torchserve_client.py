@@ -50,14 +50,27 @@ class Result:
 
 
 def read_token(token: str | None, token_file: Path | None) -> str | None:
-    """The inference key: --token, else $IMGSIM_TOKEN, else TorchServe's key_file.json."""
+    """The key to send: --token, else $IMGSIM_TOKEN, else the key file (``read_token_file``)."""
     if token:
         return token
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV]
     if token_file and token_file.is_file():
-        return read_keys(token_file).inference
+        return read_token_file(token_file)
     return None
+
+
+def read_token_file(path: Path) -> str:
+    """The key in ``path``: TorchServe's key_file.json (its inference key), or a file holding only
+    a key, as a mounted Kubernetes Secret does (the shared key of several replicas, deploy/)."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace").strip()
+    if text.startswith("{"):
+        return read_keys(path).inference
+    if not text or len(text.split()) != 1:
+        raise ServerError(
+            f"{path} is neither TorchServe's key_file.json nor a file holding one key (one word, no spaces)"
+        )
+    return text
 
 
 class EmbeddingClient:
@@ -136,6 +149,13 @@ class EmbeddingClient:
                         f"TorchServe refused the inference key ({self.token_source}). Pass the 'inference' key "
                         f"from the key_file.json that TorchServe wrote in the directory it was started from: "
                         f"--token-file PATH/key_file.json, --token KEY or ${TOKEN_ENV}"
+                    )
+                if response.status_code == 401:  # a replica's edge proxy (deploy/): not the shared key
+                    sent = "the key" if "Authorization" in self.session.headers else "a request without a key"
+                    raise KeyRefused(
+                        f"the service at {self.url} refused {sent} ({self.token_source}) with 401: it takes the "
+                        f"service's shared key (the Secret its replicas check), not one replica's TorchServe key. "
+                        f"Pass it with --token-file FILE (a file holding only the key), ${TOKEN_ENV} or --token KEY"
                     )
                 if response.status_code == 404:
                     raise ServerError(f"TorchServe at {self.url} serves no model named {self.model!r}; pass --model")

@@ -31,6 +31,11 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def server_env(workdir: Path) -> dict[str, str]:
+    """``tool_env()`` with TMPDIR in ``workdir``: TorchServe keeps its pid file there, so servers stay apart."""
+    return {**tool_env(), "TMPDIR": str(workdir)}
+
+
 def build_archive(out: Path, *args: str) -> Path:
     """Runs ``build_mar.sh --out out ARGS`` (``--arch``, ``--name``, ``--weights``, ...); returns ``out``."""
     result = subprocess.run(
@@ -40,6 +45,41 @@ def build_archive(out: Path, *args: str) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"build_mar.sh {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return out
+
+
+@dataclass(frozen=True)
+class Ports:
+    """A TorchServe's five ports, all on loopback."""
+
+    inference: int
+    management: int
+    metrics: int
+    grpc_inference: int
+    grpc_management: int
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(5)))
+
+    def url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+
+def serve_command(
+    model_store: Path, models: tuple[str, ...], ports: Ports, settings: dict[str, str] | None = None
+) -> list[str]:
+    """serve.sh with ``models`` from ``model_store`` on ``ports``; ``settings``: more config.properties entries."""
+    command = [str(REPO / "serve.sh"), "--model-store", str(model_store)]
+    for model in models:
+        command += ["--model", model]
+    for flag, port in (("--inference-address", ports.inference), ("--management-address", ports.management),
+                       ("--metrics-address", ports.metrics)):  # fmt: skip
+        command += [flag, ports.url(port)]
+    command += ["--set", f"grpc_inference_port={ports.grpc_inference}"]
+    command += ["--set", f"grpc_management_port={ports.grpc_management}"]
+    for key, value in (settings or {}).items():
+        command += ["--set", f"{key}={value}"]
+    return command
 
 
 @dataclass
@@ -61,20 +101,11 @@ class TorchServe:
         ``settings``: more config.properties entries (``--set key=value``), e.g. ``vmargs``.
         """
         workdir.mkdir(parents=True, exist_ok=True)
-        ports = [free_port() for _ in range(5)]
-        env = tool_env()
-        env["TMPDIR"] = str(workdir)  # TorchServe keeps its pid file there: servers stay apart
-        command = [str(REPO / "serve.sh"), "--model-store", str(model_store)]
-        for model in models:
-            command += ["--model", model]
-        for flag, port in zip(("--inference-address", "--management-address", "--metrics-address"), ports):
-            command += [flag, f"http://127.0.0.1:{port}"]
-        command += ["--set", f"grpc_inference_port={ports[3]}", "--set", f"grpc_management_port={ports[4]}"]
-        for key, value in (settings or {}).items():
-            command += ["--set", f"{key}={value}"]
-        command += ["--wait", str(int(timeout))]
+        ports = Ports.free()
+        env = server_env(workdir)
+        command = serve_command(model_store, models, ports, settings) + ["--wait", str(int(timeout))]
         result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout + 60)
-        server = cls(workdir, *(f"http://127.0.0.1:{p}" for p in ports[:3]), models, env)
+        server = cls.at(workdir, ports, models, env)
         if result.returncode != 0:
             raise RuntimeError(
                 f"serve.sh failed ({result.returncode}):\n{result.stderr}{server.log('torchserve.out')[-3000:]}"
@@ -86,6 +117,12 @@ class TorchServe:
             server.stop()  # a server that never became ready must not outlive its caller
             raise
         return server
+
+    @classmethod
+    def at(cls, workdir: Path, ports: Ports, models: tuple[str, ...], env: dict[str, str]) -> TorchServe:
+        """The server serve.sh runs (or will run) from ``workdir`` on ``ports``."""
+        return cls(workdir, ports.url(ports.inference), ports.url(ports.management), ports.url(ports.metrics),
+                   models, env)  # fmt: skip
 
     @property
     def key_file(self) -> Path:

@@ -24,7 +24,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"TorchServe inference address (default {DEFAULT_URL})")
     p.add_argument("--model", default="resnet18-embed", help="model name on the server")
     p.add_argument("--token", help="inference key (prefer $IMGSIM_TOKEN or --token-file: flags show in ps)")
-    p.add_argument("--token-file", type=Path, default=Path("key_file.json"), help="default ./key_file.json")
+    p.add_argument("--token-file", type=Path, default=Path("key_file.json"),
+                   help="TorchServe's key_file.json, or a file holding only the key (a service's shared key); "
+                   "default ./key_file.json")  # fmt: skip
     # 32 x 3 kept the 2-core server busiest end to end (bench/throughput.py; 16 x 2 was ~15% slower)
     p.add_argument("--batch-size", type=int, default=32, help="images per request (default 32)")
     p.add_argument("--concurrency", type=int, default=3, help="requests in flight (default 3)")
@@ -45,13 +47,15 @@ def check_common_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def make_client(args: argparse.Namespace) -> EmbeddingClient:
     """The server client, with the key from --token, $IMGSIM_TOKEN or the key file (never printed)."""
+    token = read_token(args.token, args.token_file)
     if args.token:
         source = "--token"
     elif os.environ.get(TOKEN_ENV):
         source = f"${TOKEN_ENV}"
+    elif token is None:
+        source = f"none: {args.token_file} does not exist"
     else:
         source = f"from {args.token_file}"
-    token = read_token(args.token, args.token_file)
     return EmbeddingClient(args.url, args.model, token, source, concurrency=args.concurrency, retries=args.retries)
 
 

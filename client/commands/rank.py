@@ -43,7 +43,8 @@ EXAMPLES = f"""examples:
 
 The store of seen images is FOLDER/{STORE_NAME} unless --store names another
 SQLite file or a postgresql:// URL (PostgreSQL with pgvector).
-The inference key comes from --token, $IMGSIM_TOKEN or --token-file (TorchServe's key_file.json).
+The key comes from --token, $IMGSIM_TOKEN or --token-file: TorchServe's key_file.json, or a file
+holding only the shared key of a service with several replicas (README, "Scale-out").
 """
 
 
