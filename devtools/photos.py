@@ -371,6 +371,13 @@ EDITS: dict[str, Edit] = {
 }  # fmt: skip
 
 
+def edited_photo(name: str, edit: str, seed: int) -> Image.Image:
+    """The repository photo ``images/<name>`` after one of EDITS, reproducibly (a near duplicate of it)."""
+    with Image.open(IMAGES / name) as image:
+        edited, _ = EDITS[edit](image.convert("RGB"), random.Random(seed))
+    return edited
+
+
 # --- the corpus ---------------------------------------------------------------------------------
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,17 +16,12 @@ from client.scan import describe
 from client.store import open_store
 from client.torchserve_client import EmbeddingClient
 from devtools import IMAGES
-from devtools.photos import EDITS
+from devtools.photos import edited_photo
 from tests.conftest import LITE
 from tests.support.browser import rendered_images
 from tests.support.cli import json_frame, run_client
 
 LITE_T = CALIBRATED["efficientnet_lite0"]
-
-
-def _edited(source: str, edit: str, seed: int) -> Image.Image:
-    image, _ = EDITS[edit](Image.open(IMAGES / source).convert("RGB"), random.Random(seed))
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +32,12 @@ def photos(tmp_path_factory) -> Path:
     for name in ("coffee.jpg", "rocket.jpg", "cat.png", "puppy.jpg", "guitar.jpg", "tent.jpg", "temple.jpg",
                  "black_cat.jpg"):  # fmt: skip
         shutil.copy(IMAGES / name, folder / name)
-    _edited("coffee.jpg", "crop", 1).save(folder / "coffee_crop.jpg", quality=90)
-    _edited("coffee.jpg", "flip", 1).save(folder / "coffee_mirror.jpg", quality=90)
-    _edited("coffee.jpg", "caption", 2).save(folder / "sub" / "coffee_caption.jpg", quality=90)
-    _edited("rocket.jpg", "jpeg", 1).save(folder / "rocket_small.jpg", quality=90)
-    _edited("rocket.jpg", "rotate", 1).save(folder / "rocket_straightened.jpg", quality=90)
-    _edited("cat.png", "brightness", 1).save(folder / "cat_bright.jpg", quality=90)
+    edited_photo("coffee.jpg", "crop", 1).save(folder / "coffee_crop.jpg", quality=90)
+    edited_photo("coffee.jpg", "flip", 1).save(folder / "coffee_mirror.jpg", quality=90)
+    edited_photo("coffee.jpg", "caption", 2).save(folder / "sub" / "coffee_caption.jpg", quality=90)
+    edited_photo("rocket.jpg", "jpeg", 1).save(folder / "rocket_small.jpg", quality=90)
+    edited_photo("rocket.jpg", "rotate", 1).save(folder / "rocket_straightened.jpg", quality=90)
+    edited_photo("cat.png", "brightness", 1).save(folder / "cat_bright.jpg", quality=90)
     shutil.copy(IMAGES / "cat.png", folder / "cat_copy.png")
     shutil.copy(IMAGES / "puppy.jpg", folder / "sub" / "puppy.jpg")
     return folder
@@ -133,7 +127,7 @@ def test_seen_finds_exact_and_near_copies_without_embedding_the_store_again(serv
     store_path, _ = stored
     new = tmp_path / "new"
     new.mkdir()
-    _edited("rocket.jpg", "crop", 7).save(new / "rocket_cropped.jpg", quality=85)
+    edited_photo("rocket.jpg", "crop", 7).save(new / "rocket_cropped.jpg", quality=85)
     shutil.copy(IMAGES / "coffee.jpg", new / "coffee_again.jpg")
     Image.open(IMAGES / "flower.jpg").save(new / "flower.png")  # never seen
     client = EmbeddingClient(server.url, LITE, server.key, "test")

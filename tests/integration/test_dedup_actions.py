@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import shutil
 import sqlite3
 from pathlib import Path
@@ -20,7 +19,7 @@ from PIL import Image
 from client.moves import COLUMNS, MANIFEST_NAME, TRASH_RECORD_NAME
 from client.scan import sha256_of
 from devtools import IMAGES
-from devtools.photos import EDITS
+from devtools.photos import edited_photo
 from tests.conftest import LITE
 from tests.support.browser import rendered_images
 from tests.support.cli import json_frame, run_client
@@ -34,20 +33,15 @@ GROUPS = {
 ALONE = {"rocket.jpg", "guitar.jpg", "black_cat.jpg"}
 
 
-def _edited(source: str, edit: str, seed: int) -> Image.Image:
-    image, _ = EDITS[edit](Image.open(IMAGES / source).convert("RGB"), random.Random(seed))
-    return image
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pristine")
     (folder / "sub").mkdir()
     for name in ("coffee.jpg", "cat.png", "puppy.jpg", "rocket.jpg", "guitar.jpg", "black_cat.jpg"):
         shutil.copy(IMAGES / name, folder / name)
-    _edited("coffee.jpg", "crop", 1).save(folder / "coffee_crop.jpg", quality=90)
-    _edited("coffee.jpg", "caption", 2).save(folder / "sub" / "coffee_caption.jpg", quality=90)
-    _edited("cat.png", "brightness", 1).save(folder / "cat_bright.jpg", quality=90)
+    edited_photo("coffee.jpg", "crop", 1).save(folder / "coffee_crop.jpg", quality=90)
+    edited_photo("coffee.jpg", "caption", 2).save(folder / "sub" / "coffee_caption.jpg", quality=90)
+    edited_photo("cat.png", "brightness", 1).save(folder / "cat_bright.jpg", quality=90)
     shutil.copy(IMAGES / "cat.png", folder / "cat_copy.png")
     shutil.copy(IMAGES / "puppy.jpg", folder / "sub" / "puppy.jpg")
     return folder
