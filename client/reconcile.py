@@ -16,9 +16,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from client.embedding import embed_files
-from client.scan import IMAGE_SUFFIXES, ImageFile, candidate_files, sha256_of
+from client.scan import (
+    IMAGE_SUFFIXES,
+    MTIME_GRANULARITY,
+    PROGRESS_FROM,
+    STATE_BATCH,
+    ImageFile,
+    candidate_files,
+    sha256_of,
+)  # fmt: skip
 from client.settle import FileState
-from client.store import EmbeddingStore
+from client.store import EmbeddingStore, StoredFileState
 from client.torchserve_client import EmbeddingClient
 
 # Files per embed_files call: the reused vectors of a large library never sit in RAM all at once,
@@ -77,6 +85,12 @@ class Plan:
     changing: list[str] = field(default_factory=list)  # written within the settle time: left for later
     unreadable: list[str] = field(default_factory=list)  # could not be read: left as they were
     previous: dict[str, str] = field(default_factory=dict)  # changed and deleted paths -> the sha256 they had
+    states: dict[str, StoredFileState] = field(default_factory=dict)  # path -> its state, of files hashed now
+    read: int = 0  # files hashed: new, or their stat changed
+    stat_only: int = 0  # files whose stat matched what was remembered: not read
+
+    def scan_line(self) -> str:
+        return f"{self.read + self.stat_only} files: {self.read} read, {self.stat_only} unchanged (stat only)"
 
     @property
     def files(self) -> list[ImageFile]:
@@ -93,20 +107,36 @@ class Applied:
 
 def plan_folder(
     scope: Scope, known: Mapping[str, str], *, settle: float, now: float, hashes: HashCache | None = None,
-    progress: bool = False,
+    progress: bool = False, store: EmbeddingStore | None = None, rehash: bool = False,
 ) -> Plan:  # fmt: skip
-    """Every image in the scope, hashed (unless ``hashes`` knows it unchanged) and compared with ``known``
-    (path -> sha256, from ``store.known_paths``). A file whose mtime is within ``settle`` seconds of ``now``
-    (wall-clock) may still be being written: it is left for a later pass, and so is its old record."""
+    """Every image in the scope, hashed (unless ``hashes`` or the file states ``store`` remembers know it
+    unchanged; every one with ``rehash``) and compared with ``known`` (path -> sha256, from
+    ``store.known_paths``). A file whose mtime is within ``settle`` seconds of ``now`` (wall-clock) may still
+    be being written: it is left for a later pass, and so is its old record. New file states go to ``store``
+    in batches as they are hashed, so a stopped pass keeps them."""
     images, _ = candidate_files(scope.root, scope.recursive)
+    hashes = {} if hashes is None else hashes
+    if rehash:
+        hashes.clear()
+    elif store is not None:
+        for key, st in store.file_states(map(str, images)).items():
+            hashes.setdefault(key, (FileState(st["size"], st["mtime_ns"], (st["device"], st["inode"])), st["sha256"]))
     plan = Plan()
     seen: set[str] = set()
-    for path in tqdm(images, desc="hashing", unit="file", file=sys.stderr, disable=not progress or len(images) < 1000):
+    fresh: list[StoredFileState] = []
+    quiet = not progress or len(images) < PROGRESS_FROM
+    bar = tqdm(images, desc="hashing", unit="file", file=sys.stderr, disable=quiet)
+    for path in bar:
         key = str(path)
         if key in scope.ignored:
             continue
-        if _classify(path, scope, known, plan, hashes, settle=settle, now=now):
+        if _classify(path, scope, known, plan, hashes, settle=settle, now=now, fresh=fresh):
             seen.add(key)
+        if store is not None and len(fresh) >= STATE_BATCH:
+            store.remember_file_states(fresh)
+            fresh = []
+    if store is not None and fresh:
+        store.remember_file_states(fresh)
     plan.deleted = [path for path in known if scope.covers(path) and path not in seen]
     plan.previous.update((path, known[path]) for path in plan.deleted)
     return plan
@@ -133,9 +163,10 @@ def plan_paths(
 
 def _classify(
     path: Path, scope: Scope, known: Mapping[str, str], plan: Plan, hashes: HashCache | None, *, settle: float,
-    now: float,
+    now: float, fresh: list[StoredFileState] | None = None,
 ) -> bool:  # fmt: skip
-    """Files ``path`` in ``plan``; False when nothing is there any more."""
+    """Files ``path`` in ``plan``; False when nothing is there any more. A file hashed here goes into ``fresh``
+    (file states to remember) unless its mtime is too close to ``now`` to be trusted next time."""
     key = str(path)
     try:
         before = path.stat()
@@ -146,13 +177,19 @@ def _classify(
         cached = hashes.get(key) if hashes is not None else None
         if cached and cached[0] == state:
             sha = cached[1]
+            plan.stat_only += 1
         else:
             sha = sha256_of(path)
+            plan.read += 1
             if FileState.of(path.stat()) != state:  # written to while it was read: the hash is of neither version
                 plan.changing.append(key)
                 return True
             if hashes is not None:
                 hashes[key] = (state, sha)
+            if fresh is not None and now - before.st_mtime >= MTIME_GRANULARITY:
+                plan.states[key] = StoredFileState(path=key, device=state.inode[0], inode=state.inode[1],
+                                                   size=state.size, mtime_ns=state.mtime_ns, sha256=sha)  # fmt: skip
+                fresh.append(plan.states[key])
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:
@@ -179,6 +216,8 @@ def apply(
     if plan.changed:
         done.dropped += store.forget_paths(str(f.path) for f in plan.changed)  # the old bytes at those paths
         _remember(store, [f for f in plan.changed if f.sha256 in moved])
+        # forget_paths dropped their file states too: those of the new bytes stay
+        store.remember_file_states([plan.states[str(f.path)] for f in plan.changed if str(f.path) in plan.states])
     done.dropped += store.forget_paths(plan.deleted)
     files = plan.files
     for i in range(0, len(files), CHUNK):

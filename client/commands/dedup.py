@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from client.commands import dedup_actions as actions
 from client.commands import html_report as report
@@ -35,7 +34,7 @@ from client.duplicates import TIERS, Content, Group, Thresholds, build_groups, c
 from client.duplicates.plan import DEFAULT_KEEP, KEEP_RULES
 from client.embedding import embed_files
 from client.moves import MANIFEST_NAME
-from client.scan import ImageFile, candidate_files, describe
+from client.scan import ImageFile, candidate_files, scan_files
 from client.store import EmbeddingStore, StoreError, open_store
 from client.torchserve_client import ServerError
 
@@ -134,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return actions.run_undo(args)
     if args.not_duplicates:
         return actions.mark_not_duplicates(args)
+    if args.folder is not None:
+        args.folder = args.folder.resolve()  # the store records resolved paths, as index.py does
     started = time.perf_counter()
     try:
         store = None if args.no_store else open_store(args.store or args.folder / STORE_NAME)
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, StoreError) as exc:
         print(f"dedup.py: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dedup.py: interrupted; what was hashed and embedded before that is kept: rerun to go on",
+              file=sys.stderr)  # fmt: skip
+        return 130
     t = thresholds_for(
         architecture, near=args.near_threshold, near_low=args.near_low, hash_bits=args.hash_bits,
         similar=args.similar_threshold,
@@ -191,10 +196,11 @@ Found = tuple[list[Content], np.ndarray, str, str]  # contents, their vectors, a
 
 
 def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found | None:
-    images, others = candidate_files(args.folder, args.recursive)
+    images, others = candidate_files(args.folder, args.recursive)  # args.folder is resolved (main)
     images, held = _outside_move_folders(args.folder, images, others, args.move_to)
-    files = [describe(path, args.folder) for path in tqdm(images, desc="hashing", unit="file", file=sys.stderr,
-                                                         disable=args.quiet or len(images) < 1000)]  # fmt: skip
+    scanned = scan_files(images, args.folder, store, rehash=args.rehash, progress=not args.quiet)
+    files = scanned.files
+    print(scanned.line(), file=sys.stderr)
     if not files:
         print(f"dedup.py: no images in {args.folder}" + ("" if args.recursive else " (subfolders left out)"),
               file=sys.stderr)  # fmt: skip

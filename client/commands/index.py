@@ -105,12 +105,14 @@ class Tally:
     sent: int = 0  # to the server
     failed: int = 0  # the server could not embed them (warned about above)
     dropped: int = 0  # contents forgotten with their vectors
+    read: int = 0  # files whose bytes were read (hashed)
+    stat_only: int = 0  # files known unchanged from their stat alone
 
     @classmethod
     def of(cls, plan: Plan, applied: Applied) -> Tally:
         return cls(
             len(plan.new), len(plan.changed), len(plan.deleted), len(plan.unchanged), len(plan.changing),
-            len(plan.unreadable), applied.sent, applied.failed, applied.dropped,
+            len(plan.unreadable), applied.sent, applied.failed, applied.dropped, plan.read, plan.stat_only,
         )  # fmt: skip
 
     def line(self) -> str:
@@ -208,7 +210,9 @@ def one_pass(
 ) -> Tally | None:  # fmt: skip
     """Scan, compare, forget, embed. None when the folder is empty but the store knows files in it (refused)."""
     known = store.known_paths(str(scope.root))
-    plan = plan_folder(scope, known, settle=args.settle, now=time.time(), hashes=hashes, progress=not args.quiet)
+    plan = plan_folder(scope, known, settle=args.settle, now=time.time(), hashes=hashes, progress=not args.quiet,
+                       store=store, rehash=args.rehash)  # fmt: skip
+    print(f"index.py: {scope.root}: {plan.scan_line()}", file=sys.stderr, flush=True)
     if on_plan:
         on_plan(plan)
     if plan.deleted and not args.allow_empty and not any(scope.root.iterdir()):

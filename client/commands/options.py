@@ -33,6 +33,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=6, help="retries with backoff on connection errors and 503/507")
     p.add_argument("--store", help=f"SQLite file or postgresql:// URL (default FOLDER/{STORE_NAME})")
     p.add_argument("--no-store", action="store_true", help="remember nothing, embed everything")
+    p.add_argument("--rehash", action="store_true",
+                   help="read every file, even those whose size and mtime the store says are unchanged")  # fmt: skip
     p.add_argument("--format", default="table", choices=FORMATS)
     p.add_argument("--output", type=Path, help="write the results here instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -23,7 +23,7 @@ from client.commands.options import (
 )  # fmt: skip
 from client.embedding import Embedded, embed_files
 from client.metrics import METRICS, Metric, get_metric
-from client.scan import candidate_files, describe
+from client.scan import candidate_files, scan_files
 from client.store import StoreError, open_store
 from client.torchserve_client import ServerError
 
@@ -130,12 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, StoreError) as exc:
         print(f"rank.py: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rank.py: interrupted; what was hashed and embedded before that is kept: rerun to go on", file=sys.stderr)
+        return 130
 
 
 def run(args, metric: Metric, folder: Path | None, reference_path: Path, client, store) -> int:
-    images, others = candidate_files(folder, args.recursive) if folder else ([], [])
-    reference = describe(reference_path, folder)
-    files = [describe(path, folder) for path in images]
+    root = folder.resolve() if folder else None  # the store records resolved paths, as index.py does
+    images, others = candidate_files(root, args.recursive) if root else ([], [])
+    ref = reference_path.resolve()
+    scanned = scan_files(images + ([] if ref in set(images) else [ref]), root, store, rehash=args.rehash,
+                         progress=not args.quiet)  # fmt: skip
+    files = scanned.files[: len(images)]
+    reference = next(f for f in scanned.files if f.path == ref)
+    if root:
+        print(scanned.line(), file=sys.stderr)
     preload(*LATER)
     embedded: Embedded = embed_files(
         files + [reference], client, store, args.batch_size, progress=not args.quiet

@@ -19,6 +19,7 @@ from client.store.base import (
     EmbeddingStore,
     ModelIdentity,
     PathsBySha,
+    StoredFileState,
     StoredImage,
     StoredModel,
     StoreError,
@@ -27,8 +28,8 @@ from client.store.base import (
 from client.store.migrations import SCHEMA_VERSION
 
 __all__ = [
-    "SCHEMA_VERSION", "EmbeddingStore", "ModelIdentity", "PathsBySha", "StoreError", "StoredImage", "StoredModel",
-    "model_key", "open_store",
+    "SCHEMA_VERSION", "EmbeddingStore", "ModelIdentity", "PathsBySha", "StoreError", "StoredFileState", "StoredImage",
+    "StoredModel", "model_key", "open_store",
 ]  # fmt: skip
 
 

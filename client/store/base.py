@@ -49,6 +49,18 @@ class StoredImage(TypedDict):
     predictions: list[dict[str, Any]]  # top-k as served: {"index", "label", "probability"}
 
 
+class StoredFileState(TypedDict):
+    """What ``stat`` said about the file at ``path`` when its bytes had sha256 ``sha256``: while device,
+    inode, size and mtime_ns stay the same, the bytes are taken to be the same (a rerun costs a stat)."""
+
+    path: str  # absolute and resolved, as the scan produces it
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
 class StoreError(Exception):
     """The store cannot be used as asked; the message says what to do next."""
 
@@ -119,8 +131,16 @@ class EmbeddingStore(ABC):
 
     @abstractmethod
     def forget_paths(self, paths: Iterable[str]) -> int:
-        """Forgets what was at ``paths`` (files deleted or rewritten), and the vectors of every content that
-        is then at no known path; returns how many contents were forgotten."""
+        """Forgets what was at ``paths`` (files deleted or rewritten), their file states, and the vectors of
+        every content that is then at no known path; returns how many contents were forgotten."""
+
+    @abstractmethod
+    def file_states(self, paths: Iterable[str]) -> dict[str, StoredFileState]:
+        """The file state last remembered at each of ``paths``; unknown paths are simply missing."""
+
+    @abstractmethod
+    def remember_file_states(self, states: Sequence[StoredFileState]) -> None:
+        """Records ``states`` (one per path: the last one wins) in one transaction, replacing older ones."""
 
     @abstractmethod
     def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
@@ -231,6 +251,31 @@ def folder_range(under: str) -> tuple[str, str]:
     '0' is the character after '/', so the range is one index walk and needs no LIKE escaping."""
     base = under.rstrip("/")
     return base + "/", base + "0"
+
+
+# stat's device and inode numbers are unsigned 64-bit; both databases store signed 64-bit integers
+_U64, _I64_MAX = 1 << 64, (1 << 63) - 1
+
+
+def file_state_rows(states: Sequence[StoredFileState]) -> list[tuple[str, int, int, int, int, str]]:
+    """(path, device, inode, size, mtime_ns, sha256) per path (the last state of a path wins), checked,
+    with device and inode folded into signed 64-bit."""
+    unique = {state["path"]: state for state in states}
+    rows = []
+    for path, s in sorted(unique.items()):
+        check_sha(s["sha256"])
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"file states are recorded at absolute paths, got {path!r}")
+        fold = [v - _U64 if v > _I64_MAX else v for v in (s["device"], s["inode"])]
+        rows.append((path, fold[0], fold[1], s["size"], s["mtime_ns"], s["sha256"]))
+    return rows
+
+
+def file_state_of(row: Sequence[Any]) -> StoredFileState:
+    """A StoredFileState from (path, device, inode, size, mtime_ns, sha256) as ``file_state_rows`` stored it."""
+    path, device, inode, size, mtime_ns, sha = row
+    device, inode = (v + _U64 if v < 0 else v for v in (device, inode))
+    return StoredFileState(path=path, device=device, inode=inode, size=size, mtime_ns=mtime_ns, sha256=sha)
 
 
 def path_rows(paths: PathsBySha) -> list[tuple[str, str]]:

@@ -21,11 +21,14 @@ from client.store.base import (
     EmbeddingStore,
     ModelIdentity,
     PathsBySha,
+    StoredFileState,
     StoredImage,
     StoredModel,
     StoreError,
     check_identity_matches,
     check_put,
+    file_state_of,
+    file_state_rows,
     folder_range,
     identity_of,
     model_key,
@@ -141,11 +144,29 @@ def _not_duplicates(conn: Any) -> None:
     conn.execute(_SCHEMA_V3)
 
 
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS imgsim.file_state (
+    path       text PRIMARY KEY,           -- absolute and resolved
+    device     bigint NOT NULL,            -- st_dev, st_ino: unsigned 64-bit stored as signed
+    inode      bigint NOT NULL,
+    size       bigint NOT NULL,
+    mtime_ns   bigint NOT NULL,
+    sha256     text NOT NULL,
+    checked_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _file_state(conn: Any) -> None:
+    conn.execute(_SCHEMA_V4)
+
+
 STEPS: list[Step[Any]] = [
     Step(1, "the first schema: models, one images_<id> table per model, paths by content, endpoints", _create_v1),
     Step(2, "the cosine HNSW index is over halfvec casts: faster walks, and up to 4,000-d vectors get one",
          _halfvec_indexes),
     Step(3, "pairs a user said are not duplicates; paths looked up by folder (index.py)", _not_duplicates),
+    Step(4, "each file's stat beside its sha256: an unchanged file is not read again", _file_state),
 ]  # fmt: skip
 
 
@@ -413,6 +434,7 @@ class PostgresStore(EmbeddingStore):
                     "DELETE FROM imgsim.paths WHERE path = ANY(%s) RETURNING sha256", (wanted,)
                 ).fetchall()
             }
+            self._conn.execute("DELETE FROM imgsim.file_state WHERE path = ANY(%s)", (wanted,))
             # contents still seen elsewhere keep their vectors
             gone = sorted(
                 touched
@@ -425,6 +447,31 @@ class PostgresStore(EmbeddingStore):
                     table = sql.Identifier("imgsim", f"images_{table_id}")
                     self._conn.execute(sql.SQL("DELETE FROM {} WHERE sha256 = ANY(%s)").format(table), (gone,))
         return len(gone)
+
+    def file_states(self, paths: Iterable[str]) -> dict[str, StoredFileState]:
+        wanted = list(dict.fromkeys(paths))
+        found: dict[str, StoredFileState] = {}
+        with self._lock:
+            for i in range(0, len(wanted), 10000):
+                rows = self._conn.execute(
+                    "SELECT path, device, inode, size, mtime_ns, sha256 FROM imgsim.file_state WHERE path = ANY(%s)",
+                    (wanted[i : i + 10000],),
+                )
+                found.update((row[0], file_state_of(row)) for row in rows)
+        return found
+
+    def remember_file_states(self, states: Sequence[StoredFileState]) -> None:
+        rows = file_state_rows(states)
+        if not rows:
+            return
+        with self._lock, self._conn.transaction(), self._conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO imgsim.file_state (path, device, inode, size, mtime_ns, sha256) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET device = EXCLUDED.device, "
+                "inode = EXCLUDED.inode, size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, "
+                "sha256 = EXCLUDED.sha256, checked_at = now()",
+                rows,
+            )
 
     def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
         rows = pair_rows(pairs)

@@ -22,11 +22,14 @@ from client.store.base import (
     EmbeddingStore,
     ModelIdentity,
     PathsBySha,
+    StoredFileState,
     StoredImage,
     StoredModel,
     StoreError,
     check_identity_matches,
     check_put,
+    file_state_of,
+    file_state_rows,
     folder_range,
     identity_of,
     model_key,
@@ -90,6 +93,18 @@ CREATE TABLE IF NOT EXISTS not_duplicates (
 CREATE INDEX IF NOT EXISTS paths_by_path ON paths (path);
 """
 
+_SCHEMA_V4 = f"""
+CREATE TABLE IF NOT EXISTS file_state (
+    path       TEXT PRIMARY KEY,           -- absolute and resolved
+    device     INTEGER NOT NULL,           -- st_dev, st_ino: unsigned 64-bit stored as signed
+    inode      INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    checked_at TEXT NOT NULL DEFAULT {_NOW}
+);
+"""
+
 
 def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
     def apply(conn: sqlite3.Connection) -> None:
@@ -104,6 +119,7 @@ STEPS: list[Step[sqlite3.Connection]] = [
     Step(1, "the first schema: models, images by (model, sha256), paths by content, endpoints", _run_script(_SCHEMA_V1)),
     Step(2, "PostgreSQL's cosine index moved to halfvec; nothing changes in SQLite", None),
     Step(3, "pairs a user said are not duplicates; paths looked up by folder (index.py)", _run_script(_SCHEMA_V3)),
+    Step(4, "each file's stat beside its sha256: an unchanged file is not read again", _run_script(_SCHEMA_V4)),
 ]
 
 # Each batch of ids fits SQLite's smallest historical limit on bound parameters.
@@ -308,6 +324,7 @@ class SQLiteStore(EmbeddingStore):
                 marks = ",".join("?" * len(chunk))
                 touched.update(row[0] for row in conn.execute(f"SELECT sha256 FROM paths WHERE path IN ({marks})", chunk))
                 conn.execute(f"DELETE FROM paths WHERE path IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM file_state WHERE path IN ({marks})", chunk)
             # contents still seen elsewhere keep their vectors (the (sha256, path) key makes this a lookup)
             gone = [sha for sha in sorted(touched) if not conn.execute("SELECT 1 FROM paths WHERE sha256 = ?", (sha,)).fetchone()]
             for i in range(0, len(gone), _CHUNK):
@@ -316,6 +333,32 @@ class SQLiteStore(EmbeddingStore):
         if gone:
             self._matrices.clear()  # rows left the file: reload on the next search
         return len(gone)
+
+    def file_states(self, paths: Iterable[str]) -> dict[str, StoredFileState]:
+        wanted = list(dict.fromkeys(paths))
+        found: dict[str, StoredFileState] = {}
+        with self._lock:
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                rows = self._conn.execute(
+                    "SELECT path, device, inode, size, mtime_ns, sha256 FROM file_state "
+                    f"WHERE path IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                found.update((row[0], file_state_of(row)) for row in rows)
+        return found
+
+    def remember_file_states(self, states: Sequence[StoredFileState]) -> None:
+        rows = file_state_rows(states)
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO file_state (path, device, inode, size, mtime_ns, sha256) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET device = excluded.device, inode = excluded.inode, "
+                f"size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, checked_at = {_NOW}",
+                rows,
+            )
 
     def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
         rows = pair_rows(pairs)

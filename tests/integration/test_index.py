@@ -98,7 +98,9 @@ def test_a_pass_embeds_the_folder_and_a_rerun_sends_nothing(server, tmp_path):
     before = logged_requests(server)
     second = index(folder, server=server)
     assert (second["unchanged"], second["new"], second["sent"]) == (6, 0, 0)
+    assert (first["read"], second["read"], second["stat_only"]) == (6, 0, 6)  # the file states from the first pass
     assert logged_requests(server) == before
+    assert index(folder, "--rehash", server=server)["read"] == 6
 
 
 def test_a_changed_file_is_embedded_again_and_its_old_content_forgotten(server, tmp_path):

@@ -135,8 +135,44 @@ def test_refused_key_says_which_key_and_where_and_never_prints_it(server, tmp_pa
     assert "not-the-key-123" not in result.stderr + result.stdout
 
 
+def aged(folder: Path) -> Path:
+    """Every file in ``folder`` dated an hour ago: past the mtime granularity window, so its state is remembered."""
+    old = time.time() - 3600
+    for path in folder.iterdir():
+        os.utime(path, (old, old))
+    return folder
+
+
+def test_a_rerun_over_an_unchanged_folder_reads_no_file_and_rehash_reads_them_all(server, tmp_path):
+    folder = distinct_copies(tmp_path / "photos", 20)
+    shutil.copy(IMAGES / "cat.png", folder / "cat.png")
+    aged(folder)
+    rank = ("rank", "--images_folder", str(folder), "--store", str(tmp_path / "s.sqlite"))
+    first = run_client(*rank, server=server)
+    assert first.returncode == 0, first.stderr
+    assert "21 files: 21 read, 0 unchanged (stat only)" in first.stderr
+    again = run_client(*rank, server=server)
+    assert "21 files: 0 read, 21 unchanged (stat only)" in again.stderr
+    assert "sent 0 to the server, reused 21" in again.stderr
+    # rewritten in place, same size, a new mtime: read again (and embedded: it is other bytes now)
+    photo = next(folder.glob("000_*.jpg"))
+    data = bytearray(photo.read_bytes())
+    data[-3] ^= 0xFF  # inside the entropy-coded data, before the end marker: still a decodable JPEG
+    photo.write_bytes(bytes(data))
+    os.utime(photo, (time.time() - 60, time.time() - 60))
+    changed = run_client(*rank, server=server)
+    assert changed.returncode == 0, changed.stderr
+    assert "21 files: 1 read, 20 unchanged (stat only)" in changed.stderr
+    assert "sent 1 to the server" in changed.stderr
+    forced = run_client(*rank, "--rehash", server=server)
+    assert "21 files: 21 read, 0 unchanged (stat only)" in forced.stderr
+    assert "sent 0 to the server" in forced.stderr
+    plain = run_client("rank", "--images_folder", str(folder), "--no-store", server=server)
+    assert "21 files: 21 read, 0 unchanged (stat only)" in plain.stderr  # no store: nothing to remember states in
+
+
 def test_killed_run_leaves_a_sound_store_and_the_rerun_embeds_only_the_rest(server, tmp_path):
-    folder = distinct_copies(tmp_path / "many", 120)
+    folder = aged(distinct_copies(tmp_path / "many", 120))
     store = tmp_path / "kill.sqlite"
     command = client_command("rank", "--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--store",
                              str(store), "--batch-size", "4", "--concurrency", "1", server=server)  # fmt: skip
@@ -156,6 +192,8 @@ def test_killed_run_leaves_a_sound_store_and_the_rerun_embeds_only_the_rest(serv
                         str(store), server=server)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"sent {121 - kept} to the server, reused {kept}" in result.stderr
+    # every file was hashed before the first batch was sent, and those states were kept too
+    assert "121 files: 0 read, 121 unchanged (stat only)" in result.stderr
 
 
 def test_postgres_store_behaves_the_same(server, tmp_path, pg_url):

@@ -105,6 +105,53 @@ def test_forgetting_paths_drops_contents_seen_nowhere_else_and_keeps_the_rest(lo
         assert store.forget_paths([]) == 0
 
 
+def file_state(path: str, n: int, **changes: int) -> dict:
+    return {"path": path, "device": 2049, "inode": 1000 + n, "size": 100 * n, "mtime_ns": 1_700_000_000_000_000_000 + n,
+            "sha256": sha(n), **changes}  # fmt: skip
+
+
+def test_file_states_are_remembered_per_path_and_the_latest_wins(location: str) -> None:
+    big = file_state("/p/big.jpg", 3, device=2**64 - 2, inode=2**63 + 5)  # stat's numbers are unsigned 64-bit
+    with open_store(location) as store:
+        assert store.file_states(["/p/a.jpg"]) == {}
+        store.remember_file_states([file_state("/p/a.jpg", 1), file_state("/p/b.jpg", 2), big])
+        store.remember_file_states([file_state("/p/a.jpg", 1, size=7, mtime_ns=9), file_state("/p/a.jpg", 4)])
+        store.remember_file_states([])
+    with open_store(location) as store:  # they outlive the process that remembered them
+        got = store.file_states(["/p/a.jpg", "/p/big.jpg", "/p/never.jpg", "/p/a.jpg"])
+        assert got == {"/p/a.jpg": file_state("/p/a.jpg", 4), "/p/big.jpg": big}
+        assert len(store.file_states(f"/p/{name}.jpg" for name in ["a", "b"] * 6000)) == 2  # chunked lookups
+        with pytest.raises(ValueError, match="sha256"):
+            store.remember_file_states([file_state("/p/c.jpg", 5, sha256="not a sha")])  # type: ignore[arg-type]
+
+
+def test_forgetting_paths_forgets_their_file_states(location: str) -> None:
+    (item,) = images(np.ones((1, DIM)))
+    with open_store(location) as store:
+        store.put_many(RESNET, [item], paths={item["sha256"]: ["/p/a.jpg", "/p/b.jpg"]})
+        store.remember_file_states([file_state("/p/a.jpg", 0), file_state("/p/b.jpg", 0), file_state("/q/c.jpg", 1)])
+        store.forget_paths(["/p/a.jpg", "/q/c.jpg"])  # c: a state with no recorded path
+        assert set(store.file_states(["/p/a.jpg", "/p/b.jpg", "/q/c.jpg"])) == {"/p/b.jpg"}
+
+
+def test_a_schema_3_store_is_upgraded_to_remember_file_states(location: str) -> None:
+    with open_store(location) as store:
+        store.put_many(RESNET, images(np.ones((1, DIM))), paths={sha(0): "/p/a.jpg"})
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location, autocommit=True) as conn:  # as the client of schema 3 left it
+            conn.execute("DROP TABLE imgsim.file_state")
+            conn.execute("UPDATE imgsim.meta SET value = '3' WHERE key = 'schema_version'")
+    else:
+        with sqlite3.connect(location) as conn:
+            conn.execute("DROP TABLE file_state")
+            conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        conn.close()
+    with open_store(location) as store:
+        assert store.known_paths("/p") == {"/p/a.jpg": sha(0)} and store.count(RESNET) == 1
+        store.remember_file_states([file_state("/p/a.jpg", 0)])
+        assert store.file_states(["/p/a.jpg"]) == {"/p/a.jpg": file_state("/p/a.jpg", 0)}
+
+
 def test_pairs_marked_not_duplicates_are_remembered_once_whichever_way_round(location: str) -> None:
     with open_store(location) as store:
         assert store.not_duplicates() == set()

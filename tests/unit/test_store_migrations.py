@@ -86,3 +86,24 @@ def test_a_failing_step_leaves_the_store_exactly_as_it_was(tmp_path: Path, monke
         assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 1
     conn.close()
     assert "half_done" not in tables
+
+
+def test_a_schema_3_store_gains_file_states_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite"
+    version_one_store(path)
+    with sqlite3.connect(path) as conn:  # as the client of schema 3 left it
+        for step in sqlite.STEPS[1:3]:
+            if step.apply is not None:
+                step.apply(conn)
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        assert "file_state" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    state = {"path": "/photos/cat.jpg", "device": 2**64 - 1, "inode": 2**63, "size": 5, "mtime_ns": 10**18,
+             "sha256": SHA}  # fmt: skip
+    with open_store(path) as store:
+        assert store.paths(IDENTITY) == {SHA: ["holiday/cat.jpg"]}
+        assert store.file_states(["/photos/cat.jpg"]) == {}
+        store.remember_file_states([state])
+    assert stored_version(path) == str(SCHEMA_VERSION) == "4"
+    with open_store(path) as store:  # unsigned 64-bit device and inode numbers come back as they went in
+        assert store.file_states(["/photos/cat.jpg", "/photos/other.jpg"]) == {"/photos/cat.jpg": state}
