@@ -31,6 +31,7 @@ from client.commands.options import (
 )  # fmt: skip
 from client.commands.tables import groups_frame
 from client.duplicates import TIERS, Content, Group, Thresholds, build_groups, content_links, thresholds_for
+from client.duplicates.ann import ANN_FROM, SEARCHES
 from client.duplicates.plan import DEFAULT_KEEP, KEEP_RULES
 from client.embedding import embed_files
 from client.moves import MANIFEST_NAME
@@ -78,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hash-bits", type=int, help="most differing pHash bits (of 64) in that band")
     p.add_argument("--similar-threshold", type=float, help="cosine for --similar")
     p.add_argument("--no-hash", action="store_true", help="cosine only: never read the files for a pHash")
+    p.add_argument("--search", choices=SEARCHES, default="auto",
+                   help=f"how pairs are found: exact scan, or an ANN index whose pairs are scored exactly "
+                        f"(default auto: ann from {ANN_FROM} contents)")  # fmt: skip
     add_common_args(p)
     p.add_argument("--html", type=Path, help="also write an HTML page with thumbnails per group")
     p.add_argument("--html-groups", type=int, default=HTML_GROUPS, help=f"groups on that page (default {HTML_GROUPS})")
@@ -170,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             f"Calibrate with: python bench/dedup_calibration.py --arch {architecture} --weights FILE",
             file=sys.stderr,
         )
+    if args.search == "ann" or (args.search == "auto" and len(contents) >= ANN_FROM):
+        # measured by bench/ann_pairs.py (docs/DEDUP.md): recall 0.995 at 100,000, lower towards a million
+        print(f"dedup.py: {len(contents)} contents: pairs come from an ANN index and are scored exactly; it can "
+              "miss a few pairs (--search exact scans every pair, O(N^2))", file=sys.stderr)  # fmt: skip
     grouping = time.perf_counter()
-    links = content_links(contents, vectors, t, similar=args.similar)
+    links = content_links(contents, vectors, t, similar=args.similar, search=args.search)
     groups = build_groups(contents, links, apart)
     grouped_s = time.perf_counter() - grouping
     if actions.acting(args):

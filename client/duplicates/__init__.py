@@ -17,11 +17,12 @@ near links connect it, ``similar`` when it needs a similar link. Each member als
 how it is tied in: its strongest link to another member, and to which.
 
 Pairs are found blockwise (a block of rows against the rows after it), so memory grows
-with N x dim, never N x N. Thresholds were chosen by bench/dedup_calibration.py on real
+with N x dim, never N x N; from ``ann.ANN_FROM`` contents on, only rows in nearby
+k-means cells are compared (``ann``), each pair still scored exactly. Thresholds were chosen by bench/dedup_calibration.py on real
 photos; see docs/DEDUP.md.
 
 By role: ``thresholds`` (the numbers per model), ``pairs`` (the linear algebra),
-``rule`` (the pair rule and its pHash cache), ``grouping`` (union-find into groups),
+``ann`` (candidate pairs from k-means cells, for large sets), ``rule`` (the pair rule and its pHash cache), ``grouping`` (union-find into groups),
 ``seen`` (the store query behind ``rank.py --seen``), ``phash`` (perceptual hashes),
 ``plan`` (which copy of each group is kept and which are moved; ``client.moves`` moves them).
 Tables of the results are the command line's business (``client.commands.tables``).

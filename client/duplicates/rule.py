@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.duplicates.pairs import cosine_pairs
+from client.duplicates.ann import candidate_pairs
 from client.duplicates.phash import PHash, distance, phash_file
 from client.duplicates.thresholds import Thresholds
 
 HashPair = tuple[PHash | None, PHash | None]
+LOOP_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,25 @@ def classify(cosine: float, hashes: HashPair | Callable[[], HashPair],
 
 
 def find_links(unit: np.ndarray, shas: Sequence[str], t: Thresholds, similar: bool,
-               hashes: Callable[[str], PHash | None]) -> list[Link]:  # fmt: skip
-    """The near (and similar) links between unit rows; ``hashes`` is asked only for middle-band pairs."""
-    i, j, s = cosine_pairs(unit, t.lowest(similar))
+               hashes: Callable[[str], PHash | None], search: str = "auto") -> list[Link]:  # fmt: skip
+    """The near (and similar) links between unit rows; ``hashes`` is asked only for middle-band pairs.
+
+    ``search`` says how candidate pairs are found (``ann.candidate_pairs``: exact below
+    ``ann.ANN_FROM`` rows, an index above); every candidate gets its exact cosine and this rule.
+    """
+    i, j, s = candidate_pairs(unit, t.lowest(similar), search)
+    # Only pairs that can link go through classify one by one: a middle-band pair needs both pHashes.
+    middle = (s < t.near) & (s >= t.near_low)
+    known = {row: hashes(shas[row]) for row in np.unique(np.concatenate([i[middle], j[middle]])).tolist()}
+    hashed = np.zeros(len(unit), dtype=bool)
+    hashed[[row for row, h in known.items() if h is not None]] = True
+    can_link = (s >= t.near) | (middle & hashed[i] & hashed[j]) | (similar & (s >= t.similar))
+    i, j, s = i[can_link], j[can_link], s[can_link]
     links = []
-    for a, b, cosine in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
-        decided = classify(cosine, lambda a=a, b=b: (hashes(shas[a]), hashes(shas[b])), t, similar)
-        if decided:
-            links.append(Link(a, b, decided[0], cosine, decided[1]))
+    for start in range(0, len(i), LOOP_CHUNK):  # Python numbers for a chunk at a time: memory stays flat
+        part = slice(start, start + LOOP_CHUNK)
+        for a, b, cosine in zip(i[part].tolist(), j[part].tolist(), s[part].tolist(), strict=True):
+            decided = classify(cosine, lambda a=a, b=b: (known[a], known[b]), t, similar)
+            if decided:
+                links.append(Link(a, b, decided[0], cosine, decided[1]))
     return links
