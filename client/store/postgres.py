@@ -97,6 +97,17 @@ _PG_INDEXED_ORDER = "embedding::halfvec({dim}) <=> %(query)s::halfvec({dim})"
 # opclass index (vector_ip_ops, vector_l2_ops, vector_l1_ops) to images_<id>.
 _PG_OPERATORS = {"cosine": "<=>", "angular": "<=>", "dot": "<#>", "euclidean": "<->", "manhattan": "<+>"}
 _PG_LOCK = 0x696D6773  # pg_advisory_xact_lock key serialising schema creation
+# put_many loads a batch of at least _BULK_ROWS rows that is at least _BULK_SHARE times the rows
+# already stored with the HNSW index dropped and built again once (bulk_load does so always).
+# A rebuild costs the whole table: on 2 cores, 1280-d, about 2-3 ms a row built against 4-5 ms
+# a row kept current, so it pays once the batch is ~1.3x the table (docs/SCALE.md,
+# bench/library_scale.py); 2x leaves a margin. The count is exact: a stale planner estimate
+# could rebuild a large table for a small batch.
+_BULK_ROWS = 10_000
+_BULK_SHARE = 2.0
+# An HNSW graph row: the halfvec (2 bytes a dimension) plus neighbour lists and tuple headers.
+_HNSW_BYTES_PER_ROW = 400
+_BULK_MEMORY_CAP = 4 * 2**30  # the most maintenance_work_mem a bulk load asks the server for
 
 
 
@@ -280,31 +291,94 @@ class PostgresStore(EmbeddingStore):
     def put_many(
         self, identity: Mapping[str, Any], items: Sequence[StoredImage], paths: PathsBySha | None = None
     ) -> None:
+        """A large batch (``_BULK_ROWS`` or more, at least ``_BULK_SHARE`` times the rows stored) is loaded with
+        the model's HNSW index dropped and built again once at the end, in the same transaction (``bulk_load``)."""
         unique, matrix = check_put(identity, items)
         model = model_key(identity)
         located = path_rows(paths or {})
-        sql, jsonb = self._psycopg.sql, self._psycopg.types.json.Jsonb
         with self._lock, self._forget_model_on_error(model), self._conn.transaction():
             table = self._ensure_model(model, identity)
-            dim = identity["embedding_dim"]
-            self._conn.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE incoming (sha256 text, embedding vector({}), predictions jsonb) ON COMMIT DROP"
-                ).format(sql.Literal(dim))
-            )
-            # Binary COPY then one upsert: far faster than row-by-row INSERTs.
-            with self._conn.cursor() as cursor, cursor.copy("COPY incoming FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "vector", "jsonb"])
-                for i, item in enumerate(unique):
-                    copy.write_row((item["sha256"], matrix[i], jsonb(item["predictions"])))
-            self._conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (sha256, embedding, predictions) SELECT sha256, embedding, predictions "
-                    "FROM incoming ON CONFLICT (sha256) DO UPDATE SET embedding = EXCLUDED.embedding, "
-                    "predictions = EXCLUDED.predictions"
-                ).format(table)
-            )
+            if len(unique) >= _BULK_ROWS and len(unique) >= _BULK_SHARE * self._stored_rows(model):
+                with self._index_deferred(model):
+                    self._upsert(table, identity["embedding_dim"], unique, matrix)
+            else:
+                self._upsert(table, identity["embedding_dim"], unique, matrix)
             self._insert_paths(located)
+
+    def bulk_load(
+        self, identity: Mapping[str, Any], chunks: Iterable[Sequence[StoredImage]], paths: PathsBySha | None = None
+    ) -> int:
+        """Inserts or replaces every chunk's items (read one chunk at a time) in ONE transaction, with the
+        model's HNSW index dropped for the load and built once at the end; returns the rows written.
+
+        A failure in any chunk (a bad vector, a lost connection) leaves the store as it was. Meanwhile
+        other connections that read this model's table wait for the commit (DROP INDEX locks it).
+        """
+        model = model_key(identity)
+        located = path_rows(paths or {})
+        written = 0
+        with self._lock, self._forget_model_on_error(model), self._conn.transaction():
+            table = self._ensure_model(model, identity)
+            with self._index_deferred(model):
+                for chunk in chunks:
+                    unique, matrix = check_put(identity, chunk)
+                    self._upsert(table, identity["embedding_dim"], unique, matrix)
+                    written += len(unique)
+            self._insert_paths(located)
+        return written
+
+    def _upsert(self, table: Any, dim: int, unique: list[StoredImage], matrix: np.ndarray) -> None:
+        """Inside the caller's transaction: the rows into ``table``, replacing those already there."""
+        sql, jsonb = self._psycopg.sql, self._psycopg.types.json.Jsonb
+        self._conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE incoming (sha256 text, embedding vector({}), predictions jsonb) ON COMMIT DROP"
+            ).format(sql.Literal(dim))
+        )
+        # Binary COPY then one upsert: far faster than row-by-row INSERTs.
+        with self._conn.cursor() as cursor, cursor.copy("COPY incoming FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "vector", "jsonb"])
+            for i, item in enumerate(unique):
+                copy.write_row((item["sha256"], matrix[i], jsonb(item["predictions"])))
+        self._conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (sha256, embedding, predictions) SELECT sha256, embedding, predictions "
+                "FROM incoming ON CONFLICT (sha256) DO UPDATE SET embedding = EXCLUDED.embedding, "
+                "predictions = EXCLUDED.predictions"
+            ).format(table)
+        )
+        self._conn.execute("DROP TABLE incoming")  # the next chunk of a bulk load makes its own
+
+    def _stored_rows(self, model: str) -> int:
+        table_id, _ = self._tables[model]
+        return int(self._one(self._psycopg.sql.SQL("SELECT count(*) FROM {}").format(
+            self._psycopg.sql.Identifier("imgsim", f"images_{table_id}")))[0])  # fmt: skip
+
+    @contextmanager
+    def _index_deferred(self, model: str) -> Iterator[None]:
+        """Inside the caller's transaction: the table's HNSW indexes dropped, then built again from every row."""
+        sql = self._psycopg.sql
+        table_id, dim = self._tables[model]
+        indexes = self._conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'imgsim' AND tablename = %s "
+            "AND indexdef LIKE '%%USING hnsw%%'",
+            (f"images_{table_id}",),
+        ).fetchall()
+        for name, _ in indexes:
+            self._conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("imgsim", name)))
+        yield
+        if not indexes:
+            return
+        rows = self._one(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("imgsim", f"images_{table_id}")))[0]
+        # pgvector builds fast only while the whole graph fits in maintenance_work_mem; for this
+        # transaction only, and never lower than the server's own setting.
+        wanted_kb = min(_BULK_MEMORY_CAP, int(rows * (2 * dim + _HNSW_BYTES_PER_ROW) * 1.25)) // 1024
+        current_kb = int(self._one("SELECT setting FROM pg_settings WHERE name = 'maintenance_work_mem'")[0])
+        if wanted_kb > current_kb:
+            self._conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (f"{wanted_kb}kB",))
+        logger.info("building the HNSW index of imgsim.images_%s over %d rows", table_id, rows)
+        for _, definition in indexes:
+            self._conn.execute(definition)
 
     @contextmanager
     def _forget_model_on_error(self, model: str) -> Iterator[None]:
