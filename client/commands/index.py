@@ -283,13 +283,16 @@ class Watch:
     def _round(self, rescan: bool) -> bool:
         """One full pass (``rescan``) or one look at the marked paths; False when the server was unusable."""
         plan: Plan | None = None
+        tally: Tally | None = None
         try:
             with self.stopper.abortable():
                 if rescan:
                     tally = one_pass(self.args, self.scope, self.store, self.hashes, on_plan=self._keep)
-                    if tally is not None:
-                        self._report(tally, always=True)
-                    return True
+            if rescan:  # reported outside abortable(): a signal now only ends the watch after this round's line
+                if tally is not None:
+                    self._report(tally, always=True)
+                return True
+            with self.stopper.abortable():
                 settled = self.settler.poll()
                 for folder in settled.folders:  # moved or copied in: look at what it holds
                     for path in map(str, candidate_files(Path(folder), self.scope.recursive)[0]):
@@ -310,10 +313,10 @@ class Watch:
                     del self.gone[path]
                 self._keep(plan)
                 applied = apply(plan, self.store, make_client(self.args), self.args.batch_size, progress=False)
-                self._report(Tally.of(plan, applied))
-                for f in plan.files:  # written to (or deleted) since it settled: look again
-                    if _state(f.path) != settled.ready[str(f.path)]:
-                        self.settler.mark(str(f.path))
+            self._report(Tally.of(plan, applied))
+            for f in plan.files:  # written to (or deleted) since it settled: look again
+                if _state(f.path) != settled.ready[str(f.path)]:
+                    self.settler.mark(str(f.path))
         except (ServerError, OSError) as exc:
             self.backoff = min(max(self.backoff * 2, FIRST_BACKOFF), LAST_BACKOFF)
             waiting = len(self.settler) + (len(plan.files) if plan else 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -214,6 +215,12 @@ def watching(server, tmp_path) -> Iterator[Callable[..., subprocess.Popen]]:
             process.wait()
 
 
+def logged(log: Path, what: str) -> int:
+    """The sum of "N <what>" over the rounds a watch reported on stderr (each ends "; sent N to the server")."""
+    rounds = [line.split("; sent ")[0] for line in log.read_text().splitlines() if "; sent " in line]
+    return sum(int(n) for line in rounds for n in re.findall(rf"(\d+) {what}\b", line))
+
+
 @pytest.mark.parametrize("mode", [[], ["--poll", "0.5"]], ids=["inotify", "polling"])
 def test_watch_embeds_arrivals_once_complete_and_forgets_deletions(server, tmp_path, watching, mode):
     folder = tmp_path / "photos"
@@ -248,6 +255,8 @@ def test_watch_embeds_arrivals_once_complete_and_forgets_deletions(server, tmp_p
         "the folder's move",
         lambda: set(paths(store)) == {str(root / "renamed.jpg"), str(root / "album" / "halves.jpg")},
     )
+    # the store is written before the round reports: stop only once every round has said what it did
+    wait_for("the rounds' reports", lambda: logged(watch.log, "new") == 5 and logged(watch.log, "deleted") == 3)
 
     watch.send_signal(signal.SIGTERM)
     out, _ = watch.communicate(timeout=60)
