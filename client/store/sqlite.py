@@ -126,6 +126,13 @@ STEPS: list[Step[sqlite3.Connection]] = [
 _CHUNK = 900
 
 
+def _in_chunks(values: Sequence[str]) -> Iterator[tuple[list[str], str]]:
+    """``values`` in chunks of at most _CHUNK, each with its "?,?,..." for an ``IN (...)``."""
+    for i in range(0, len(values), _CHUNK):
+        chunk = list(values[i : i + _CHUNK])
+        yield chunk, ",".join("?" * len(chunk))
+
+
 class SQLiteStore(EmbeddingStore):
     """A single SQLite file in WAL mode; safe to share between processes."""
 
@@ -197,11 +204,9 @@ class SQLiteStore(EmbeddingStore):
         wanted = list(dict.fromkeys(sha256s))
         found: dict[str, StoredImage] = {}
         with self._lock:
-            for i in range(0, len(wanted), _CHUNK):
-                chunk = wanted[i : i + _CHUNK]
+            for chunk, marks in _in_chunks(wanted):
                 rows = self._conn.execute(
-                    "SELECT sha256, embedding, predictions FROM images "
-                    f"WHERE model = ? AND sha256 IN ({','.join('?' * len(chunk))})",
+                    f"SELECT sha256, embedding, predictions FROM images WHERE model = ? AND sha256 IN ({marks})",
                     (model, *chunk),
                 )
                 for sha, blob, predictions in rows:
@@ -296,11 +301,8 @@ class SQLiteStore(EmbeddingStore):
             queries = [(select + order, [model])]
         else:
             wanted = list(dict.fromkeys(sha256s))
-            chunks = [wanted[i : i + _CHUNK] for i in range(0, len(wanted), _CHUNK)]
-            queries = [
-                (f"{select} WHERE p.sha256 IN ({','.join('?' * len(chunk))}){order}", [model, *chunk])
-                for chunk in chunks
-            ]
+            queries = [(f"{select} WHERE p.sha256 IN ({marks}){order}", [model, *chunk])
+                       for chunk, marks in _in_chunks(wanted)]  # fmt: skip
         found: dict[str, list[str]] = {}
         with self._lock:
             for query, params in queries:
@@ -319,17 +321,14 @@ class SQLiteStore(EmbeddingStore):
         wanted = list(dict.fromkeys(paths))
         with self._write() as conn:
             touched: set[str] = set()
-            for i in range(0, len(wanted), _CHUNK):
-                chunk = wanted[i : i + _CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _in_chunks(wanted):
                 touched.update(row[0] for row in conn.execute(f"SELECT sha256 FROM paths WHERE path IN ({marks})", chunk))
                 conn.execute(f"DELETE FROM paths WHERE path IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM file_state WHERE path IN ({marks})", chunk)
             # contents still seen elsewhere keep their vectors (the (sha256, path) key makes this a lookup)
             gone = [sha for sha in sorted(touched) if not conn.execute("SELECT 1 FROM paths WHERE sha256 = ?", (sha,)).fetchone()]
-            for i in range(0, len(gone), _CHUNK):
-                chunk = gone[i : i + _CHUNK]
-                conn.execute(f"DELETE FROM images WHERE sha256 IN ({','.join('?' * len(chunk))})", chunk)
+            for chunk, marks in _in_chunks(gone):
+                conn.execute(f"DELETE FROM images WHERE sha256 IN ({marks})", chunk)
         if gone:
             self._matrices.clear()  # rows left the file: reload on the next search
         return len(gone)
@@ -338,11 +337,9 @@ class SQLiteStore(EmbeddingStore):
         wanted = list(dict.fromkeys(paths))
         found: dict[str, StoredFileState] = {}
         with self._lock:
-            for i in range(0, len(wanted), _CHUNK):
-                chunk = wanted[i : i + _CHUNK]
+            for chunk, marks in _in_chunks(wanted):
                 rows = self._conn.execute(
-                    "SELECT path, device, inode, size, mtime_ns, sha256 FROM file_state "
-                    f"WHERE path IN ({','.join('?' * len(chunk))})",
+                    f"SELECT path, device, inode, size, mtime_ns, sha256 FROM file_state WHERE path IN ({marks})",
                     chunk,
                 )
                 found.update((row[0], file_state_of(row)) for row in rows)
