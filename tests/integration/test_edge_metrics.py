@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from devtools import IMAGES, REPO
 from devtools.ports import free_port
 from devtools.torchserve import TorchServe
 from tests.conftest import LITE
+from tests.support.waiting import listening
 
 START_EDGE = REPO / "deploy" / "edge" / "start-edge.sh"
 
@@ -29,11 +29,6 @@ class Edge:
     url: str
     metrics_url: str
     shared_key: str
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def start_edge(server: TorchServe, folder: Path, metrics_port: int | None) -> tuple[subprocess.Popen, Edge]:

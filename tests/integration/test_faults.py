@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,6 +30,7 @@ from devtools.load import run_load
 from devtools.torchserve import TorchServe
 from tests.conftest import LITE, stored_count
 from tests.support.cli import client_command, json_frame, run_client
+from tests.support.waiting import wait_for
 
 FOLDER_SIZE = 200
 RANKING = ["rank", "file", "score", "label", "sha256"]  # the columns two runs must agree on
@@ -60,13 +60,6 @@ def salted_copies(folder: Path, count: int) -> Path:
 def rank_args(folder: Path, *args: str) -> tuple[str, ...]:
     """rank.py's arguments for ranking ``folder`` against its first photo, as JSON."""
     return ("--images_folder", str(folder), "--ref_image", "000_astronaut.jpg", "--format", "json", *args)
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 # --- load -----------------------------------------------------------------------------------------

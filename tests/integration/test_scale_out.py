@@ -12,10 +12,8 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from devtools import REPO
 from devtools.images import one_pixel, repo_photos
 from tests.conftest import LITE, stored_count
 from tests.support.cli import json_frame, run_client
+from tests.support.waiting import listening, wait_for
 
 TOPOLOGY = REPO / "deploy" / "local" / "topology.py"
 FOLDER_SIZE = 200
@@ -136,13 +135,6 @@ def assert_same_ranking(got: pd.DataFrame, expected: pd.DataFrame) -> None:
         assert a["file"] == b["file"] or abs(a["score"] - b["score"]) <= 1e-5, (a.to_dict(), b.to_dict())
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def group_members(pgid: int) -> list[str]:
     """The live processes of a process group, by name."""
     members = []
@@ -243,11 +235,6 @@ def tampered_store(model_store: Path, folder: Path) -> Path:
                 data = data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :]
             tampered.writestr(member.filename, data)
     return folder
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_replica_that_is_not_ready_gets_no_traffic(two_replicas, model_store, tmp_path):
