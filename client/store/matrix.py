@@ -67,28 +67,43 @@ class VectorMatrix:
             setattr(self, name, grown)
 
     def candidates(self, query: np.ndarray, metric: Metric, want: int, exclude: Collection[str]) -> np.ndarray:
-        """Rows of the ``want`` best by a proxy that ranks like ``metric`` and costs one matmul."""
+        """Rows of the ``want`` best by a key that ranks like ``metric`` and costs one matmul."""
         n = len(self.shas)
         live = self.vectors[:n]
-        # Each proxy keeps the metric's direction (similarities high, distances low), so
-        # Metric.best picks from it; the exact score is computed afterwards on the few winners.
-        if metric.name in ("cosine", "angular"):
-            proxy = live @ query
-            proxy *= self.inv_norms[:n]  # the query's own norm scales every row alike
-            if metric.name == "angular":  # the angle shrinks as the cosine grows
-                np.negative(proxy, out=proxy)
-        elif metric.name == "dot":
-            proxy = live @ query
-        elif metric.name == "euclidean":  # |m - q|^2 = |m|^2 - 2 m.q + |q|^2, |q|^2 constant
-            proxy = live @ query
-            proxy *= -2.0
-            proxy += self.sqnorms[:n]
+        if metric.name in KEYED_METRICS:
+            keys = similarity_keys(metric, live @ query, self.inv_norms[:n], self.sqnorms[:n])
         else:  # no matmul shortcut (manhattan): exact scores, in slices to bound memory
-            proxy = np.concatenate(
+            keys = -np.concatenate(
                 [metric.score(query, live[i : i + 65536]) for i in range(0, n, 65536)] or [np.empty(0)]
             )
-        drop = [self.rows[sha] for sha in exclude if sha in self.rows]
-        if drop:
-            proxy[drop] = -np.inf if metric.descending else np.inf
-        best = metric.best(proxy, want + len(drop))
-        return best[~np.isin(best, drop)][:want] if drop else best
+        keys[[self.rows[sha] for sha in exclude if sha in self.rows]] = -np.inf
+        return top_keys(keys, want)
+
+
+# The metrics whose order follows from one dot product per row and the row's norm.
+KEYED_METRICS = ("cosine", "angular", "dot", "euclidean")
+
+
+def similarity_keys(metric: Metric, dots: np.ndarray, inv_norms: np.ndarray, sqnorms: np.ndarray) -> np.ndarray:
+    """Per row, a key that is higher the better the row ranks by ``metric``, from its dot product with the query.
+
+    The query's own norm is left out: it scales or shifts every row alike. Keys are linear in
+    the dots, with a slope of at least 0 (client.store.snapshot relies on both).
+    """
+    if metric.name in ("cosine", "angular"):  # the angle shrinks as the cosine grows
+        return dots * inv_norms
+    if metric.name == "dot":
+        return dots
+    if metric.name == "euclidean":  # |m - q|^2 = |m|^2 - 2 m.q + |q|^2
+        return 2 * dots - sqnorms
+    raise ValueError(f"metric {metric.name} has no key from a dot product")
+
+
+def top_keys(keys: np.ndarray, want: int) -> np.ndarray:
+    """Rows of the ``want`` highest keys, leaving out -inf (rows ruled out)."""
+    want = min(want, int(np.isfinite(keys).sum()))
+    if want <= 0:
+        return np.empty(0, dtype=np.int64)
+    if want == len(keys):
+        return np.arange(len(keys))
+    return np.argpartition(-keys, want - 1)[:want]

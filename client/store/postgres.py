@@ -178,6 +178,7 @@ STEPS: list[Step[Any]] = [
          _halfvec_indexes),
     Step(3, "pairs a user said are not duplicates; paths looked up by folder (index.py)", _not_duplicates),
     Step(4, "each file's stat beside its sha256: an unchanged file is not read again", _file_state),
+    Step(5, "SQLite logs changed rows for its vector snapshots; nothing changes in PostgreSQL", None),
 ]  # fmt: skip
 
 

@@ -1,12 +1,15 @@
 """The SQLite back end (the default): one file beside the user's photos, no server.
 
-Search is exact: every vector of a model is held in RAM as one float32 matrix
+Search is exact. A model with SNAPSHOT_FROM vectors or more is searched through a
+memory-mapped int8 snapshot beside the file (``client.store.snapshot``: opens at once, scans a
+quarter of the bytes, rescores exactly); a smaller one is held in RAM as one float32 matrix
 (``client.store.matrix``) and scanned with a matmul.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -37,8 +40,16 @@ from client.store.base import (
     path_rows,
     stored_model_of,
 )  # fmt: skip
-from client.store.matrix import VectorMatrix
+from client.store import snapshot
+from client.store.matrix import KEYED_METRICS, VectorMatrix
 from client.store.migrations import Step, parse_version, upgrade
+from client.store.snapshot import Snapshot
+
+logger = logging.getLogger(__name__)
+
+# A model with this many vectors is searched through a snapshot: below it, loading the rows into
+# RAM takes under half a second (bench/library_scale.py) and a snapshot would only cost disk.
+SNAPSHOT_FROM = 50_000
 
 _NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
 _SCHEMA_V1 = f"""
@@ -106,6 +117,35 @@ CREATE TABLE IF NOT EXISTS file_state (
 """
 
 
+# Which rows changed after a model's snapshot (client.store.snapshot) was taken: logged by
+# triggers, so every writer logs, and only for models that have a snapshot.
+_SCHEMA_V5 = [
+    """CREATE TABLE IF NOT EXISTS vector_snapshots (
+        model           TEXT PRIMARY KEY,
+        pruned_through  INTEGER NOT NULL DEFAULT 0  -- changes up to this seq are no longer logged
+    )""",
+    """CREATE TABLE IF NOT EXISTS vector_changes (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        model  TEXT NOT NULL,
+        sha256 TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS vector_changes_by_model ON vector_changes (model, seq)",
+    *(f"""CREATE TRIGGER IF NOT EXISTS images_{name} AFTER {event} ON images
+        WHEN EXISTS (SELECT 1 FROM vector_snapshots WHERE model = {row}.model)
+        BEGIN INSERT INTO vector_changes (model, sha256) VALUES ({row}.model, {row}.sha256); END"""
+      for name, event, row in (("added", "INSERT", "NEW"), ("changed", "UPDATE OF embedding", "NEW"),
+                               ("removed", "DELETE", "OLD"))),
+]  # fmt: skip
+
+
+def _run_statements(statements: list[str]) -> Callable[[sqlite3.Connection], None]:
+    def apply(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return apply
+
+
 def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
     def apply(conn: sqlite3.Connection) -> None:
         for statement in script.split(";"):
@@ -120,6 +160,8 @@ STEPS: list[Step[sqlite3.Connection]] = [
     Step(2, "PostgreSQL's cosine index moved to halfvec; nothing changes in SQLite", None),
     Step(3, "pairs a user said are not duplicates; paths looked up by folder (index.py)", _run_script(_SCHEMA_V3)),
     Step(4, "each file's stat beside its sha256: an unchanged file is not read again", _run_script(_SCHEMA_V4)),
+    Step(5, "a log of changed rows, so a memory-mapped snapshot of a model's vectors stays usable",
+         _run_statements(_SCHEMA_V5)),
 ]
 
 # Each batch of ids fits SQLite's smallest historical limit on bound parameters.
@@ -149,6 +191,9 @@ class SQLiteStore(EmbeddingStore):
         self._lock = threading.RLock()
         self._matrices: dict[str, VectorMatrix] = {}
         self._data_version = -1
+        # derived files beside the store, like SQLite's own -wal and -shm; None once unwritable
+        self._snapshot_root: Path | None = path.with_name(path.name + "-vectors")
+        self._views: dict[str, tuple[int, Snapshot, frozenset[str]]] = {}  # model: (data_version, ...)
         try:
             self._prepare()
         except sqlite3.DatabaseError as err:
@@ -238,6 +283,7 @@ class SQLiteStore(EmbeddingStore):
                     rows,
                 )
                 self._insert_paths(located)
+            self._views.pop(model, None)  # our own commits do not change data_version
             # Only after the commit, so RAM never holds rows the file does not.
             if model in self._matrices:
                 self._matrices[model].upsert([item["sha256"] for item in unique], matrix)
@@ -331,6 +377,7 @@ class SQLiteStore(EmbeddingStore):
                 conn.execute(f"DELETE FROM images WHERE sha256 IN ({marks})", chunk)
         if gone:
             self._matrices.clear()  # rows left the file: reload on the next search
+            self._views.clear()
         return len(gone)
 
     def file_states(self, paths: Iterable[str]) -> dict[str, StoredFileState]:
@@ -370,13 +417,87 @@ class SQLiteStore(EmbeddingStore):
         self, model: str, query: np.ndarray, metric: Metric, want: int, exclude: Collection[str]
     ) -> tuple[list[str], np.ndarray]:
         with self._lock:
+            view = self._view(model) if metric.name in KEYED_METRICS and self._snapshot_root else None
+            if view is not None:
+                found, changed = view
+                _check_width(model, query, found.dim)
+                return found.candidates(query, metric, want, exclude, changed, lambda shas: self._vectors(model, shas))
             matrix = self._matrix(model)
             if matrix is None or not matrix.shas:
                 return [], np.empty((0, len(query)), dtype=np.float32)
-            if len(query) != matrix.dim:
-                raise ValueError(f"query has {len(query)} values, but model {model} makes ({matrix.dim},) vectors")
+            _check_width(model, query, matrix.dim)
             rows = matrix.candidates(query, metric, want, exclude)
             return [matrix.shas[r] for r in rows], matrix.vectors[rows]
+
+    def _vectors(self, model: str, sha256s: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The stored float32 vectors of those of ``sha256s`` that are stored."""
+        shas: list[str] = []
+        blobs: list[bytes] = []
+        for chunk, marks in _in_chunks(sha256s):
+            rows = self._conn.execute(
+                f"SELECT sha256, embedding FROM images WHERE model = ? AND sha256 IN ({marks})", (model, *chunk)
+            )
+            for sha, blob in rows:
+                shas.append(sha)
+                blobs.append(blob)
+        dim = len(blobs[0]) // 4 if blobs else 0
+        return shas, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(shas), dim).astype(np.float32)
+
+    def _view(self, model: str, build: bool = True) -> tuple[Snapshot, frozenset[str]] | None:
+        """The model's snapshot and the sha256s changed since it was taken; None: search from RAM.
+
+        Taken from disk, or written now when the model has SNAPSHOT_FROM rows and no snapshot
+        is usable (none, one older than the change log, or one behind by too many rows).
+        """
+        conn = self._conn
+        conn.execute("BEGIN")  # one read snapshot for the checks
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            cached = self._views.get(model)
+            if cached is not None and cached[0] == version:
+                return cached[1], cached[2]
+            row = conn.execute("SELECT pruned_through FROM vector_snapshots WHERE model = ?", (model,)).fetchone()
+            found = cached[1] if cached is not None else None
+            if row is not None and (found is None or found.seq < row[0]):
+                found = snapshot.open_newest(self._snapshot_root, model)  # type: ignore[arg-type]
+            if row is not None and found is not None and found.seq >= row[0]:
+                changed = frozenset(sha for (sha,) in conn.execute(
+                    "SELECT DISTINCT sha256 FROM vector_changes WHERE model = ? AND seq > ?", (model, found.seq)))  # fmt: skip
+                if len(changed) <= max(2000, len(found) // 50) or not build:
+                    self._views[model] = (version, found, changed)
+                    return found, changed
+            if not build:
+                return None
+            rows = conn.execute("SELECT COUNT(*) FROM images WHERE model = ?", (model,)).fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
+        if rows < SNAPSHOT_FROM:
+            return None
+        try:
+            self._write_snapshot(model)
+        except (OSError, ValueError) as err:
+            logger.warning("cannot write the vector snapshot under %s (%s); searching from RAM instead",
+                           self._snapshot_root, err)  # fmt: skip
+            self._snapshot_root = None
+            return None
+        return self._view(model, build=False)
+
+    def _write_snapshot(self, model: str) -> None:
+        with self._write() as conn:  # from here on, every change to the model's rows is logged
+            conn.execute("INSERT INTO vector_snapshots (model) VALUES (?) ON CONFLICT (model) DO NOTHING", (model,))
+        conn = self._conn
+        conn.execute("BEGIN")  # the rows and the log position of one moment
+        try:
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'vector_changes'").fetchone()[0]
+            dim = conn.execute("SELECT embedding_dim FROM models WHERE model = ?", (model,)).fetchone()[0]
+            rows = conn.execute("SELECT COUNT(*) FROM images WHERE model = ?", (model,)).fetchone()[0]
+            logger.info("writing a snapshot of %d vectors of %s under %s", rows, model, self._snapshot_root)
+            snapshot.write(self._snapshot_root, model, seq, dim, rows, self._blocks(model, dim))  # type: ignore[arg-type]
+        finally:
+            conn.execute("COMMIT")
+        with self._write() as conn:  # changes up to seq are in the snapshot: stop keeping them
+            conn.execute("UPDATE vector_snapshots SET pruned_through = MAX(pruned_through, ?) WHERE model = ?", (seq, model))
+            conn.execute("DELETE FROM vector_changes WHERE model = ? AND seq <= ?", (model, seq))
 
     def _matrix(self, model: str) -> VectorMatrix | None:
         """The model's vectors in RAM, loaded on first use and reloaded if another connection wrote."""
@@ -405,21 +526,31 @@ class SQLiteStore(EmbeddingStore):
         matrix = VectorMatrix(dim=row[0])
         # Exactly sized up front: growing a matrix of millions of rows costs seconds of copying.
         matrix.reserve(self._conn.execute("SELECT COUNT(*) FROM images WHERE model = ?", (model,)).fetchone()[0])
+        for shas, block in self._blocks(model, matrix.dim):
+            matrix.append(shas, block)  # unique: primary key
+        return matrix
+
+    def _blocks(self, model: str, dim: int) -> Iterator[tuple[Sequence[str], np.ndarray]]:
+        """The model's (sha256s, float32 vectors) in file order, about 8 MiB at a time."""
         cursor = self._conn.execute(
             "SELECT sha256, embedding FROM images INDEXED BY images_by_model WHERE model = ?", (model,)
         )
         # Batches of ~8 MiB stay below malloc's mmap threshold, so each reuses the last
         # one's memory instead of page-faulting in fresh pages (seconds at a million rows).
-        while batch := cursor.fetchmany(max(1, 2**23 // (4 * matrix.dim))):
+        while batch := cursor.fetchmany(max(1, 2**23 // (4 * dim))):
             shas, blobs = zip(*batch, strict=True)
-            block = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(shas), matrix.dim)
-            matrix.append(shas, block.astype(np.float32, copy=False))  # unique: primary key
-        return matrix
+            yield shas, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(shas), dim).astype(np.float32, copy=False)
 
     def close(self) -> None:
         with self._lock:
             self._matrices.clear()
+            self._views.clear()
             self._conn.close()
+
+
+def _check_width(model: str, query: np.ndarray, dim: int) -> None:
+    if len(query) != dim:
+        raise ValueError(f"query has {len(query)} values, but model {model} makes ({dim},) vectors")
 
 
 def _record_version(conn: sqlite3.Connection, version: int) -> None:

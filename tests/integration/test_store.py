@@ -16,15 +16,21 @@ import psycopg
 import pytest
 from scipy.spatial.distance import cdist
 
-from client.store import SCHEMA_VERSION, StoreError, model_key, open_store
+from client.store import SCHEMA_VERSION, StoreError, model_key, open_store, sqlite
 from client.torchserve_client import DEFAULT_URL
 from tests.support.store_rows import DIM, LITE, NEVER_STORED, RESNET, images, sha
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty store location: a SQLite file path, or a fresh database on the test server."""
-    if request.param == "sqlite":
+@pytest.fixture(params=["sqlite", "sqlite-snapshot", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty store location: a SQLite file path, or a fresh database on the test server.
+
+    sqlite-snapshot: SQLite searching every model through its memory-mapped int8 snapshot,
+    which a real store does from sqlite.SNAPSHOT_FROM vectors on.
+    """
+    if request.param.startswith("sqlite"):
+        if request.param == "sqlite-snapshot":
+            monkeypatch.setattr(sqlite, "SNAPSHOT_FROM", 1)
         yield str(tmp_path / "store" / "embeddings.sqlite")
         return
     server = request.getfixturevalue("pg_url")

@@ -104,6 +104,28 @@ def test_a_schema_3_store_gains_file_states_and_keeps_its_rows(tmp_path: Path) -
         assert store.paths(IDENTITY) == {SHA: ["holiday/cat.jpg"]}
         assert store.file_states(["/photos/cat.jpg"]) == {}
         store.remember_file_states([state])
-    assert stored_version(path) == str(SCHEMA_VERSION) == "4"
+    assert stored_version(path) == str(SCHEMA_VERSION) == "5"
     with open_store(path) as store:  # unsigned 64-bit device and inode numbers come back as they went in
         assert store.file_states(["/photos/cat.jpg", "/photos/other.jpg"]) == {"/photos/cat.jpg": state}
+
+
+def test_a_schema_4_store_gains_the_change_log_that_keeps_its_snapshots_current(tmp_path: Path) -> None:
+    path = tmp_path / "v4.sqlite"
+    version_one_store(path)
+    with sqlite3.connect(path) as conn:  # as the client of schema 4 left it
+        for step in sqlite.STEPS[1:4]:
+            if step.apply is not None:
+                step.apply(conn)
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.close()
+    with open_store(path) as store:
+        assert store.paths(IDENTITY) == {SHA: ["holiday/cat.jpg"]}
+    assert stored_version(path) == "5"
+    with sqlite3.connect(path) as conn:
+        triggers = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        assert triggers == {"images_added", "images_changed", "images_removed"}
+        conn.execute("INSERT INTO vector_snapshots (model) SELECT model FROM models")
+        conn.execute("UPDATE images SET embedding = embedding")
+        conn.execute("DELETE FROM images")
+        assert conn.execute("SELECT sha256 FROM vector_changes ORDER BY seq").fetchall() == [(SHA,), (SHA,)]
+    conn.close()
