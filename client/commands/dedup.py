@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dedup.py: {len(contents)} contents: pairs come from an ANN index and are scored exactly; it can "
               "miss a few pairs (--search exact scans every pair, O(N^2))", file=sys.stderr)  # fmt: skip
     grouping = time.perf_counter()
-    links = content_links(contents, vectors, t, similar=args.similar, search=args.search)
+    links = content_links(contents, vectors, t, similar=args.similar, search=args.search, progress=not args.quiet)
     groups = build_groups(contents, links, apart)
     grouped_s = time.perf_counter() - grouping
     if actions.acting(args):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.duplicates.pairs import BLOCK_CELLS, MAX_LINKS_PER_ROW, cosine_pairs
+from client.duplicates.pairs import BLOCK_CELLS, MAX_LINKS_PER_ROW, cosine_pairs, progress_bar
 
 SEARCHES = ("auto", "exact", "ann")
 # Below this many vectors the exact scan is used: it is seconds there and needs no index.
@@ -32,7 +32,7 @@ COARSE_DIM = 128
 
 def ann_candidate_pairs(
     unit: np.ndarray, threshold: float, *, max_per_row: int = MAX_LINKS_PER_ROW, nlist: int | None = None,
-    nprobe: int = NPROBE, chunk_rows: int = 16384, seed: int = 0,
+    nprobe: int = NPROBE, chunk_rows: int = 16384, seed: int = 0, progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Pairs i < j of unit rows with cosine >= threshold, found cell by cell: arrays (i, j, cosine), sorted by i.
 
@@ -79,8 +79,10 @@ def ann_candidate_pairs(
     members = _rows_by_cell(home, nlist)
     askers = _rows_by_cell(probes.ravel(), nlist, per_row=nprobe)
     found_i, found_j, found_s = [], [], []
+    bar = progress_bar(n * nprobe, "probe", progress)  # a probe: one row looked for in one cell
     for cell in range(nlist):
         inside, asking = members[cell], askers[cell]
+        bar.update(len(asking))
         if not len(inside) or not len(asking):
             continue
         step = max(1, min(chunk_rows, BLOCK_CELLS // len(inside)))  # scores of one step: 256 MiB at most
@@ -98,6 +100,7 @@ def ann_candidate_pairs(
             lo, hi = np.minimum(a, b).astype(np.int32), np.maximum(a, b).astype(np.int32)
             lo, hi, s = cap_per_row(lo, hi, s, max_per_row)  # bounds memory on many copies of one picture
             found_i.append(lo), found_j.append(hi), found_s.append(s)
+    bar.close()
     del probes, home, members, askers
     if not found_i:
         return _empty()
@@ -115,14 +118,14 @@ def _rows_by_cell(cell_of: np.ndarray, nlist: int, per_row: int = 1) -> list[np.
     return [rows[bounds[c] : bounds[c + 1]] for c in range(nlist)]
 
 
-def candidate_pairs(unit: np.ndarray, threshold: float, search: str = "auto",
-                    max_per_row: int = MAX_LINKS_PER_ROW) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def candidate_pairs(unit: np.ndarray, threshold: float, search: str = "auto", max_per_row: int = MAX_LINKS_PER_ROW,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Pairs i < j above ``threshold``: exact below ``ANN_FROM`` rows or with ``search="exact"``, else by the index."""
     if search not in SEARCHES:
         raise ValueError(f"search is one of {', '.join(SEARCHES)}, not {search!r}")
     if search == "ann" or (search == "auto" and len(unit) >= ANN_FROM):
-        return ann_candidate_pairs(unit, threshold, max_per_row=max_per_row)
-    return cosine_pairs(unit, threshold, max_per_row=max_per_row)
+        return ann_candidate_pairs(unit, threshold, max_per_row=max_per_row, progress=progress)
+    return cosine_pairs(unit, threshold, max_per_row=max_per_row, progress=progress)
 
 
 def default_nlist(n: int) -> int:

@@ -142,17 +142,19 @@ def _members(contents: Sequence[Content], index: int, link: Link | None) -> list
 
 
 def content_links(contents: Sequence[Content], vectors: np.ndarray, t: Thresholds, similar: bool = False,
-                  hashes: Callable[[str], PHash | None] | None = None, search: str = "auto") -> list[Link]:  # fmt: skip
+                  hashes: Callable[[str], PHash | None] | None = None, search: str = "auto",
+                  progress: bool = False) -> list[Link]:  # fmt: skip
     """The links between ``contents`` whose rows of ``vectors`` (same order) match; ``vectors`` is normalised in place.
 
-    ``search``: ``auto`` (exact scan for small sets, an ANN index for large), ``exact`` or ``ann``.
+    ``search``: ``auto`` (exact scan for small sets, an ANN index for large), ``exact`` or ``ann``;
+    ``progress``: a bar on stderr while a large set is searched.
     """
     if len(contents) != len(vectors):
         raise ValueError(f"{len(contents)} contents but {len(vectors)} vectors")
     hashes = hashes or HashCache({c.sha256: [p for _, p in c.files] for c in contents})
     unit = unit_rows(vectors, out=vectors) if vectors.dtype == np.float32 else unit_rows(vectors)
     shas = [c.sha256 for c in contents]
-    return find_links(unit, shas, t, similar, hashes, search) if len(contents) > 1 else []
+    return find_links(unit, shas, t, similar, hashes, search, progress) if len(contents) > 1 else []
 
 
 def find_groups(contents: Sequence[Content], vectors: np.ndarray, t: Thresholds, similar: bool = False,

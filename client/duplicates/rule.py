@@ -67,13 +67,13 @@ def classify(cosine: float, hashes: HashPair | Callable[[], HashPair],
 
 
 def find_links(unit: np.ndarray, shas: Sequence[str], t: Thresholds, similar: bool,
-               hashes: Callable[[str], PHash | None], search: str = "auto") -> list[Link]:  # fmt: skip
+               hashes: Callable[[str], PHash | None], search: str = "auto", progress: bool = False) -> list[Link]:  # fmt: skip
     """The near (and similar) links between unit rows; ``hashes`` is asked only for middle-band pairs.
 
     ``search`` says how candidate pairs are found (``ann.candidate_pairs``: exact below
     ``ann.ANN_FROM`` rows, an index above); every candidate gets its exact cosine and this rule.
     """
-    i, j, s = candidate_pairs(unit, t.lowest(similar), search)
+    i, j, s = candidate_pairs(unit, t.lowest(similar), search, progress=progress)
     # Only pairs that can link go through classify one by one: a middle-band pair needs both pHashes.
     middle = (s < t.near) & (s >= t.near_low)
     known = {row: hashes(shas[row]) for row in np.unique(np.concatenate([i[middle], j[middle]])).tolist()}

@@ -79,3 +79,15 @@ def test_auto_scans_exactly_below_the_crossover_and_indexes_above(monkeypatch):
     assert calls == [400]
     with pytest.raises(ValueError, match="exact"):
         candidate_pairs(unit, 0.9, search="fast")
+
+
+@pytest.mark.parametrize("search", ["exact", "ann"])
+def test_grouping_a_large_set_shows_a_bar_with_its_rate_and_only_when_asked(capsys, search):
+    unit = embedding_like(20_000, dim=16)
+    quiet = candidate_pairs(unit, LITE_T.near, search)
+    assert capsys.readouterr().err == ""
+    shown = candidate_pairs(unit, LITE_T.near, search, progress=True)
+    bar = capsys.readouterr().err
+    unit_name = "pair" if search == "exact" else "probe"
+    assert "grouping: 100%" in bar and f"{unit_name}/s" in bar, bar
+    assert all(np.array_equal(a, b) for a, b in zip(quiet, shown, strict=True))
