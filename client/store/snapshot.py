@@ -61,6 +61,7 @@ class Snapshot:
     sorted_rows: np.ndarray  # (n,) int64: the row of each sorted sha
     _kernel: Int8Kernel | None = field(default=None, repr=False)
     _cache: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _widest: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # max of each bound part
 
     def __len__(self) -> int:
         return len(self.shas)
@@ -97,6 +98,8 @@ class Snapshot:
             per_dot = similarity_keys(metric, np.ones_like(inv), inv, sq) - add
             self._cache[metric.name] = (self.scales * per_dot, add if add.any() else None,
                                         self.residuals * per_dot, (self.norms + self.residuals) * per_dot)  # fmt: skip
+            self._widest[metric.name] = (float(self._cache[metric.name][2].max(initial=0)),
+                                         float(self._cache[metric.name][3].max(initial=0)))  # fmt: skip
         return self._cache[metric.name]
 
     def candidates(
@@ -111,7 +114,6 @@ class Snapshot:
         raw, q, q_err, rel = self._scan(query)
         mult, add, per_q, per_err = self._factors(metric)
         keys = np.multiply(raw, mult, out=raw)
-        spread = max(float(keys.max(initial=0)), -float(keys.min(initial=0)))  # bounds |raw * mult|
         if add is not None:
             keys += add
         keys[self.rows_of([*exclude, *changed])] = -np.inf
@@ -124,7 +126,9 @@ class Snapshot:
             exact = _exact_keys(metric, vectors, query)
             floor = np.partition(exact, len(exact) - want)[len(exact) - want]
             # first every row within the largest bound of the floor, then each one's own bound
-            widest = q * per_q.max() + q_err * per_err.max() + rel * spread
+            # |raw * mult| <= |q'| s|c| per_dot <= (|q| + q_err) per_err, and a rounding's worth more
+            widest_q, widest_err = self._widest[metric.name]
+            widest = q * widest_q + (q_err + 2 * rel * (q + q_err)) * widest_err
             near = np.flatnonzero(keys >= floor - widest)
             near = near[~np.isin(near, rows)]
             mixed = keys[near] - (add[near] if add is not None else 0)  # raw * mult again
