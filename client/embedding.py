@@ -11,18 +11,85 @@ from tqdm import tqdm
 
 from client.scan import ImageFile
 from client.store import EmbeddingStore, StoredImage
+from client.store.matrix import VectorMatrix
 from client.torchserve_client import EmbeddingClient, ServerError, Upload
+
+
+# Store look-ups per round trip: their StoredImage objects live only until copied into the matrix.
+FETCH_CHUNK = 5000
 
 
 @dataclass
 class Embedded:
-    """What is known after a run: vectors and labels by sha256, and the per-file failures."""
+    """What is known after a run: by sha256, one row each of a float32 matrix and of compact labels; the failures.
+
+    Memory grows by each image's vector and a few dozen bytes (DESIGN, library scale): the labels
+    are class indices and probabilities in arrays, their names kept once per class.
+    """
 
     identity: dict | None
-    items: dict[str, StoredImage] = field(default_factory=dict)
+    vectors: VectorMatrix | None = None  # made with the model's width at the first row
     errors: dict[str, dict] = field(default_factory=dict)  # sha256 -> {"code", "message"}
     sent: int = 0
     reused: int = 0
+    _classes: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.int32))  # (rows, k), -1: none
+    _probabilities: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float64))
+    _names: dict[int, str] = field(default_factory=dict)  # class index -> label
+    _expected: int = 0  # rows to make room for at once (growing a large matrix by doubling copies it)
+
+    def __contains__(self, sha256: object) -> bool:
+        return self.vectors is not None and sha256 in self.vectors.rows
+
+    def __len__(self) -> int:
+        return 0 if self.vectors is None else len(self.vectors.shas)
+
+    def add(self, items: Sequence[StoredImage]) -> None:
+        """Rows for ``items`` (a later row for a sha256 replaces the earlier one)."""
+        if not items:
+            return
+        matrix = np.stack([np.asarray(item["embedding"], dtype=np.float32) for item in items])
+        if self.vectors is None or self.vectors.dim != matrix.shape[1]:  # (a new width: the server changed model)
+            self.vectors, self._classes, self._probabilities = VectorMatrix(dim=matrix.shape[1]), self._classes[:0], self._probabilities[:0]
+            self._names = {}
+        self.vectors.reserve(max(self._expected, len(self) + len(items)))
+        self.vectors.upsert([item["sha256"] for item in items], matrix)
+        k = max(self._classes.shape[1], *(len(item["predictions"]) for item in items))
+        rows = len(self)
+        if rows > len(self._classes) or k > self._classes.shape[1]:
+            grow = max(rows, self._expected, 2 * len(self._classes))
+            classes = np.full((grow, k), -1, dtype=np.int32)
+            probabilities = np.zeros((grow, k), dtype=np.float64)
+            classes[: len(self._classes), : self._classes.shape[1]] = self._classes
+            probabilities[: len(self._classes), : self._classes.shape[1]] = self._probabilities
+            self._classes, self._probabilities = classes, probabilities
+        for item in items:
+            row = self.vectors.rows[item["sha256"]]
+            self._classes[row] = -1
+            for n, p in enumerate(item["predictions"]):
+                self._classes[row, n], self._probabilities[row, n] = p["index"], p["probability"]
+                self._names.setdefault(p["index"], p["label"])
+
+    def row(self, sha256: str) -> int:
+        return self.vectors.rows[sha256]  # type: ignore[union-attr]
+
+    def vector(self, sha256: str) -> np.ndarray:
+        return self.vectors.vectors[self.row(sha256)]  # type: ignore[union-attr]
+
+    def live(self) -> np.ndarray:
+        """Every row's vector, in row order (a view: no copy)."""
+        return self.vectors.vectors[: len(self)] if self.vectors is not None else np.empty((0, 0), np.float32)
+
+    def predictions(self, sha256: str) -> list[dict]:
+        row = self.row(sha256)
+        return [{"index": int(c), "label": self._names[int(c)], "probability": float(p)}
+                for c, p in zip(self._classes[row], self._probabilities[row], strict=True) if c >= 0]  # fmt: skip
+
+    def item(self, sha256: str) -> StoredImage:
+        return StoredImage(sha256=sha256, embedding=self.vector(sha256), predictions=self.predictions(sha256))
+
+    def matrix(self, sha256s: Sequence[str]) -> np.ndarray:
+        """The vectors of ``sha256s``, in that order, as a new matrix."""
+        return self.live()[np.fromiter((self.row(sha) for sha in sha256s), dtype=np.int64, count=len(sha256s))]
 
 
 def embed_files(
@@ -34,15 +101,17 @@ def embed_files(
     for f in files:
         first_file.setdefault(f.sha256, f)
     identity = store.endpoint(client.url, client.model) if store else None
-    done = Embedded(identity)
+    done = Embedded(identity, _expected=len(first_file))
     if store and identity:
-        done.items = store.get_many(identity, first_file)
-        done.reused = len(done.items)
-        if first_file.keys() - done.items.keys() == set():
+        shas = list(first_file)
+        for start in range(0, len(shas), FETCH_CHUNK):
+            done.add(list(store.get_many(identity, shas[start : start + FETCH_CHUNK]).values()))
+        done.reused = len(done)
+        if done.reused == len(first_file):
             store.remember_paths({f.sha256: str(f.path) for f in files})
             return done
     by_name: dict[str, ImageFile] = {}
-    for f in (first_file[sha] for sha in first_file if sha not in done.items):
+    for f in (first_file[sha] for sha in first_file if sha not in done):
         # a reference outside the folder may share its name with a folder file: keep the two apart
         by_name[f.name if f.name not in by_name else f"{f.name}@{f.sha256[:12]}"] = f
     missing = list(by_name)
@@ -71,7 +140,7 @@ def embed_files(
                 }
                 new.append(item)
                 paths[f.sha256] = str(f.path)
-                done.items[f.sha256] = item
+            done.add(new)
             if store and new:  # one transaction per request: a killed run keeps every finished batch
                 store.put_many(done.identity, new, paths)
                 saved += len(new)
@@ -90,7 +159,7 @@ def embed_files(
         # the server's model changed under us: what came from the store belonged to the old one
         return embed_files(files, client, store, batch_size, progress)
     if store and done.identity:
-        store.remember_paths({f.sha256: str(f.path) for f in files if f.sha256 in done.items})
+        store.remember_paths({f.sha256: str(f.path) for f in files if f.sha256 in done})
     return done
 
 

@@ -31,6 +31,7 @@ IMAGE_SUFFIXES = frozenset({
 # mtime tick (FAT: 2 s) without its stat changing: its state is not remembered, so the next run reads it.
 MTIME_GRANULARITY = 2.0  # seconds
 STATE_BATCH = 500  # file states per store transaction: a killed scan keeps all but the last batch
+STATE_LOOKUP = 10_000  # file states looked up at a time
 PROGRESS_FROM = 1000  # files: fewer hash too fast to need a progress bar
 
 
@@ -90,11 +91,13 @@ def scan_files(
     """``describe`` for each of ``paths`` (absolute), reading only files whose (device, inode, size, mtime_ns)
     differ from the state ``store`` remembers (all of them with ``rehash`` or without a store).
     New states are remembered every STATE_BATCH files, so a killed scan keeps what it hashed."""
-    known = store.file_states(map(str, paths)) if store is not None and not rehash else {}
     done = Scanned()
     pending: list[StoredFileState] = []
+    known: dict[str, StoredFileState] = {}
     bar = tqdm(paths, desc="hashing", unit="file", file=sys.stderr, disable=not progress or len(paths) < PROGRESS_FROM)
-    for path in bar:
+    for n, path in enumerate(bar):
+        if n % STATE_LOOKUP == 0 and store is not None and not rehash:  # by slices: memory stays flat
+            known = store.file_states(map(str, paths[n : n + STATE_LOOKUP]))
         before = path.stat()
         state = known.get(str(path))
         if state is not None and _same(state, before):

@@ -219,10 +219,10 @@ def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found
         return None
     by_sha: dict[str, list[ImageFile]] = {}
     for f in files:
-        if f.sha256 in embedded.items:
+        if f.sha256 in embedded:
             by_sha.setdefault(f.sha256, []).append(f)
     contents = [Content(sha, [(f.name, str(f.path)) for f in group]) for sha, group in by_sha.items()]
-    vectors = _matrix([embedded.items[c.sha256]["embedding"] for c in contents], embedded.identity["embedding_dim"])
+    vectors = embedded.matrix([c.sha256 for c in contents])
     note = (f"skipped {len(others)} (not images), failed {len(embedded.errors)}; "
             f"sent {embedded.sent} to the server, reused {embedded.reused} from the store")  # fmt: skip
     if held:

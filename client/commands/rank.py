@@ -150,11 +150,11 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
         files + [reference], client, store, args.batch_size, progress=not args.quiet
     )
     from client.ranking import COLUMNS, rank_files, rank_stored
-    if reference.sha256 not in embedded.items:
+    if reference.sha256 not in embedded:
         error = embedded.errors.get(reference.sha256, {"code": "?", "message": "no result"})
         print(f"rank.py: the reference {reference_path} cannot be used: {error['message']}", file=sys.stderr)
         return 1
-    ref_item = embedded.items[reference.sha256]
+    ref_item = embedded.item(reference.sha256)
     if args.seen:
         return report_seen(args, store, embedded.identity, ref_item, reference_path)
     if folder is None:

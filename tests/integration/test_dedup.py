@@ -146,7 +146,7 @@ def test_seen_finds_exact_and_near_copies_without_embedding_the_store_again(serv
         embedded = embed_files(files, client, store, 8, progress=False)
         assert server.prediction_requests(LITE) - before == 1  # one request: only the three queries
         found = {
-            f.name: seen_matches(store, embedded.identity, embedded.items[f.sha256], f.path, LITE_T) for f in files
+            f.name: seen_matches(store, embedded.identity, embedded.item(f.sha256), f.path, LITE_T) for f in files
         }
     assert [(m.tier, Path(m.paths[0]).name) for m in found["coffee_again.jpg"]][:1] == [("exact", "coffee.jpg")]
     near = {Path(p).name for m in found["rocket_cropped.jpg"] if m.tier == "near" for p in m.paths}

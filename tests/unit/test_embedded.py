@@ -1,0 +1,58 @@
+"""What a run keeps per image (client.embedding.Embedded): its vector in one matrix and a few dozen bytes more."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+
+from client.embedding import Embedded
+from client.store import StoredImage
+
+DIM = 1280
+
+
+def stored(n: int, start: int = 0, seed: int = 0) -> list[StoredImage]:
+    rng = np.random.default_rng(seed)
+    return [
+        StoredImage(
+            sha256=f"{start + i:064x}",
+            embedding=rng.standard_normal(DIM).astype(np.float32),
+            predictions=[{"index": (start + i + k) % 1000, "label": f"class {(start + i + k) % 1000}",
+                          "probability": float(rng.random())} for k in range(5)],  # fmt: skip
+        )
+        for i in range(n)
+    ]
+
+
+def test_rows_come_back_as_they_went_in_and_a_later_row_replaces_an_earlier_one() -> None:
+    first, second = stored(300), stored(10, start=295, seed=1)
+    done = Embedded(None, _expected=305)
+    done.add(first[:150])
+    done.add(first[150:])
+    done.add(second)  # 5 replace rows of first, 5 are new
+    assert len(done) == 305
+    latest = {item["sha256"]: item for item in first + second}
+    for sha, item in latest.items():
+        assert sha in done
+        assert done.vector(sha).tobytes() == item["embedding"].tobytes()
+        assert done.predictions(sha) == item["predictions"]  # probabilities exactly, labels by class
+    order = [f"{i:064x}" for i in (304, 0, 297)]
+    assert np.array_equal(done.matrix(order), np.stack([latest[s]["embedding"] for s in order]))
+    assert done.item(order[0])["predictions"] == latest[order[0]]["predictions"]
+    assert "f" * 64 not in done
+
+
+def test_each_image_costs_its_vector_and_under_300_bytes_more() -> None:
+    n = 20_000
+    items = stored(n)  # made first: the sha256 strings belong to the caller, as a scan's files do
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    done = Embedded(None, _expected=n)
+    for start in range(0, n, 5000):  # as embed_files adds a store look-up's chunk at a time
+        done.add(items[start : start + 5000])
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(done) == n
+    per_image = grown / n - DIM * 4
+    assert 0 < per_image < 300, f"{per_image:.0f} bytes per image beyond its vector"
