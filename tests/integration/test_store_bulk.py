@@ -150,3 +150,19 @@ def test_put_many_rebuilds_the_index_only_for_a_batch_large_against_the_table(
         assert [s for s, _ in store.search(RESNET, vectors[7], 1)] == [sha(7)]
         assert [s for s, _ in store.search(RESNET, more[7], 1)] == [sha(N + 7)]
     assert len(_hnsw_indexes(database)) == 1
+
+
+def test_the_bulk_index_build_gets_parallel_workers_and_leaves_no_setting_behind(
+    database: str, small_bulk: None
+) -> None:
+    """Vectors in TOAST make the heap look tiny to the planner, which then plans no parallel build."""
+    notices: list[str] = []
+    with open_store(database) as bulk:
+        bulk._conn.execute("SET client_min_messages = debug1")
+        bulk._conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        bulk.put_many(RESNET, images(_vectors(N)))
+    asked = [m for m in notices if "parallel workers" in m]
+    assert any("request for 2 parallel workers" in m for m in asked), asked
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'images_1'").fetchone() == (None,)
+    assert len(_hnsw_indexes(database)) == 1
