@@ -25,9 +25,8 @@ from client.commands.options import (
     add_common_args,
     check_common_args,
     make_client,
-    render,
     show_notices,
-    write_out,
+    write_frame,
 )  # fmt: skip
 from client.commands.tables import groups_frame
 from client.duplicates import TIERS, Content, Group, Thresholds, build_groups, content_links, thresholds_for
@@ -272,7 +271,7 @@ def _matrix(rows: list[np.ndarray], dim: int) -> np.ndarray:
 
 
 def emit(frame: pd.DataFrame, args: argparse.Namespace) -> None:
-    write_out(args, render(frame, args.format))
+    write_frame(args, frame)
 
 
 def write_html(path: Path, groups: list[Group], limit: int, t: Thresholds) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.commands import html_report as report
-from client.commands.options import STORE_NAME, render, write_out
+from client.commands.options import STORE_NAME, write_frame
 from client.commands.tables import plan_frame, undo_frame
 from client.duplicates import Content, Group, Link, build_groups
 from client.duplicates.plan import Step, make_plan
@@ -52,7 +52,7 @@ def act(args: argparse.Namespace, contents: Sequence[Content], links: Sequence[L
         undo_hint = f"; {PROG} --undo {args.move_to} puts back whatever moved" if args.move_to else ""
         print(f"{PROG}: stopped: {exc}{undo_hint}", file=sys.stderr)
         return 2
-    write_out(args, render(plan_frame(steps, outcomes, args.trash), args.format))
+    write_frame(args, plan_frame(steps, outcomes, args.trash))
     if args.html:
         write_plan_html(args.html, steps, outcomes, args.html_groups, args.trash)
     _summarise(args, steps, outcomes, record, shown)
@@ -123,7 +123,7 @@ def run_undo(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    write_out(args, render(undo_frame(outcomes), args.format))
+    write_frame(args, undo_frame(outcomes))
     for o in outcomes:
         if not o.done:
             print(f"{PROG}: not restored {o.move.source}: {o.reason}", file=sys.stderr)

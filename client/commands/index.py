@@ -24,9 +24,8 @@ from client.commands.options import (
     add_common_args,
     check_common_args,
     make_client,
-    render,
     show_notices,
-    write_out,
+    write_frame,
 )  # fmt: skip
 from client.reconcile import Applied, HashCache, Plan, Scope, apply, plan_folder, plan_paths
 from client.scan import candidate_files
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format != "table":
         import pandas as pd
 
-        write_out(args, render(pd.DataFrame([{"folder": str(root), **asdict(tally)}]), args.format))
+        write_frame(args, pd.DataFrame([{"folder": str(root), **asdict(tally)}]))
     return 0
 
 

@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from client.torchserve_client import DEFAULT_URL, TOKEN_ENV, EmbeddingClient, read_token
 
@@ -61,22 +61,42 @@ def make_client(args: argparse.Namespace) -> EmbeddingClient:
     return EmbeddingClient(args.url, args.model, token, source, concurrency=args.concurrency, retries=args.retries)
 
 
-def render(frame: pd.DataFrame, fmt: str, table: str | None = None) -> str:
-    """csv, json and markdown carry every row; ``table`` (for a person) is the caller's grid, else a plain one."""
+def write_frame(args: argparse.Namespace, frame: pd.DataFrame, table: str | None = None) -> None:
+    """``frame`` in ``args.format`` to ``args.output`` or stdout; csv and json a slice of rows at a time,
+    so a million rows never become one string."""
+    if args.output:
+        with args.output.open("w", encoding="utf-8", newline="") as out:
+            _write_frame(out, frame, args.format, table)
+    else:
+        _write_frame(sys.stdout, frame, args.format, table)
+
+
+ROWS_PER_WRITE = 10_000
+
+
+def _write_frame(out: TextIO, frame: pd.DataFrame, fmt: str, table: str | None) -> None:
     from tabulate import tabulate
 
+    slices = [frame.iloc[i : i + ROWS_PER_WRITE] for i in range(0, len(frame), ROWS_PER_WRITE)] or [frame]
     if fmt == "csv":
-        return frame.to_csv(index=False)
-    if fmt == "json":
-        return frame.to_json(orient="records", indent=2) + "\n"
-    if fmt == "markdown":
-        return frame.to_markdown(index=False) + "\n"
-    if table is not None:
-        return table
-    if not len(frame):
-        return "nothing found\n"
-    shown = frame.drop(columns=[c for c in ("sha256", "path", "match") if c in frame.columns])
-    return tabulate(shown, headers="keys", tablefmt="simple", showindex=False, floatfmt=".3f") + "\n"
+        for n, part in enumerate(slices):
+            out.write(part.to_csv(index=False, header=n == 0))
+    elif fmt == "json":  # one array: each slice's records without its brackets, joined by commas
+        out.write("[")
+        for n, part in enumerate(slices):
+            records = part.to_json(orient="records", indent=2)[1:-1].rstrip()
+            if records:
+                out.write(("," if n else "") + records)
+        out.write("\n]\n" if len(frame) else "]\n")
+    elif fmt == "markdown":
+        out.write(frame.to_markdown(index=False) + "\n")
+    elif table is not None:
+        out.write(table)
+    elif not len(frame):
+        out.write("nothing found\n")
+    else:
+        shown = frame.drop(columns=[c for c in ("sha256", "path", "match") if c in frame.columns])
+        out.write(tabulate(shown, headers="keys", tablefmt="simple", showindex=False, floatfmt=".3f") + "\n")
 
 
 def preload(*modules: str) -> threading.Thread:
@@ -94,10 +114,3 @@ def show_notices(prog: str) -> None:
     library = logging.getLogger("client")
     library.addHandler(handler)
     library.setLevel(logging.INFO)
-
-
-def write_out(args: argparse.Namespace, text: str) -> None:
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)

@@ -17,9 +17,8 @@ from client.commands.options import (
     check_common_args,
     make_client,
     preload,
-    render,
     show_notices,
-    write_out,
+    write_frame,
 )  # fmt: skip
 from client.embedding import Embedded, embed_files
 from client.metrics import METRICS, Metric, get_metric
@@ -94,7 +93,7 @@ def emit(frame: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> None:
     rows = [[r["rank"], r["file"], f"{r['score']:.4f}", r["label"], f"{r['probability']:.3f}",
              f"same bytes as {r['duplicate_of']}" if r["duplicate_of"] else ""] for _, r in top.iterrows()]  # fmt: skip
     grid = tabulate(rows, headers=["rank", "file", header(metric), "label", "prob", "note"], tablefmt="grid") + "\n"
-    write_out(args, render(frame, args.format, table=grid))
+    write_frame(args, frame, table=grid)
 
 
 def write_html(path: Path, reference: Path, ref_item: dict, frame: pd.DataFrame, metric: Metric, k: int) -> None:
@@ -184,7 +183,7 @@ def report_seen(args, store, identity: dict, ref_item: dict, reference_path: Pat
     from client.duplicates import seen_matches, thresholds_for
 
     found = seen_frame(seen_matches(store, identity, ref_item, reference_path, thresholds_for(identity["architecture"])))
-    write_out(args, render(found, args.format))
+    write_frame(args, found)
     tiers = ", ".join(f"{n} {tier}" for tier, n in found["tier"].value_counts().items())
     print(f"{reference_path}: {'seen: ' + tiers if tiers else 'not seen before'}", file=sys.stderr)
     return 0
