@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 DIM = 1280
 IDENTITY = {"architecture": "efficientnet_lite0", "weights_sha256": "57" * 32, "embedding_dim": DIM,
             "handler_version": "1.0.0"}  # fmt: skip
+# the other width the search is measured at: resnet18's, the product's default model
+IDENTITIES = {DIM: IDENTITY, 512: {**IDENTITY, "architecture": "resnet18", "embedding_dim": 512}}
 MODEL_NAME = "resnet18-embed"  # rank.py's default --model: the endpoint the stores record
 PER_FOLDER = 1000  # files per folder of a library, like a camera's DCIM folders
 CHUNK = 10_000  # rows per store write
@@ -53,12 +55,12 @@ OLD_MTIME = 1_700_000_000  # 2023-11-14: library files are old, as a scan that r
 # --- what the steps run on -----------------------------------------------------------------------
 
 
-def synthetic_vectors(start: int, n: int) -> np.ndarray:
+def synthetic_vectors(start: int, n: int, dim: int = DIM) -> np.ndarray:
     """Rows start..start+n of a reproducible set of random vectors (by chunk, so any range is cheap)."""
-    out = np.empty((n, DIM), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
     for row in range(start, start + n, CHUNK):
         block = row // CHUNK
-        vectors = np.random.default_rng(block).standard_normal((CHUNK, DIM), dtype=np.float32)
+        vectors = np.random.default_rng(block).standard_normal((CHUNK, dim), dtype=np.float32)
         lo, hi = row - block * CHUNK, min(CHUNK, start + n - block * CHUNK)
         out[row - start : row - start + hi - lo] = vectors[lo:hi]
     return out
@@ -100,7 +102,7 @@ def make_library(root: Path, n: int, file_kb: int) -> Path:
     return folder
 
 
-def make_sqlite_store(path: Path, shas: list[str], paths: list[str] | None = None) -> Path:
+def make_sqlite_store(path: Path, shas: list[str], paths: list[str] | None = None, dim: int = DIM) -> Path:
     """A SQLite store holding one synthetic vector per sha (row order = synthetic_vectors order)."""
     if path.exists() and path.with_suffix(".complete").exists():
         return path
@@ -110,14 +112,14 @@ def make_sqlite_store(path: Path, shas: list[str], paths: list[str] | None = Non
     for stale in path.parent.glob(path.name + "*"):
         stale.unlink()
     with SQLiteStore(path) as store:
-        store.remember_endpoint(DEFAULT_URL, MODEL_NAME, IDENTITY)
+        store.remember_endpoint(DEFAULT_URL, MODEL_NAME, IDENTITIES[dim])
         for start in range(0, len(shas), CHUNK):
-            block = synthetic_vectors(start, min(CHUNK, len(shas) - start))
+            block = synthetic_vectors(start, min(CHUNK, len(shas) - start), dim)
             label = [{"index": 1, "label": "goldfish", "probability": 0.5}]
             here = shas[start : start + CHUNK]
             items = [{"sha256": s, "embedding": v, "predictions": label} for s, v in zip(here, block, strict=True)]
             located = dict(zip(here, paths[start : start + CHUNK], strict=True)) if paths else None
-            store.put_many(IDENTITY, items, located)
+            store.put_many(IDENTITIES[dim], items, located)
             print(f"  store {path.name}: {start + len(items):,} rows", file=sys.stderr, end="\r")
     path.with_suffix(".complete").write_text("")
     return path
@@ -131,27 +133,27 @@ def reference_image(root: Path) -> tuple[Path, str]:
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def collection_store(root: Path, n: int) -> Path:
+def collection_store(root: Path, n: int, dim: int = DIM) -> Path:
     _, ref_sha = reference_image(root)
     shas = [ref_sha] + [sha_of_row(i) for i in range(1, n)]
-    return make_sqlite_store(root / f"collection-{n}.sqlite", shas)
+    return make_sqlite_store(root / f"collection-{n}{'' if dim == DIM else f'-{dim}d'}.sqlite", shas, dim=dim)
 
 
 # --- steps, each run in a fresh process: print one JSON object ----------------------------------
 
 
-def step_search(store: Path, queries: int) -> dict:
+def step_search(store: Path, queries: int, dim: int = DIM) -> dict:
     from client.store import open_store
 
-    q = synthetic_vectors(0, queries + 1) + np.float32(0.1)
+    q = synthetic_vectors(0, queries + 1, dim) + np.float32(0.1)
     with open_store(store) as opened:
         started = time.perf_counter()
-        opened.search(IDENTITY, q[0], 10)  # loads the matrix
+        opened.search(IDENTITIES[dim], q[0], 10)  # opens the snapshot (or loads the matrix)
         first = time.perf_counter() - started
         times = []
         for vector in q[1:]:
             started = time.perf_counter()
-            opened.search(IDENTITY, vector, 10)
+            opened.search(IDENTITIES[dim], vector, 10)
             times.append((time.perf_counter() - started) * 1000)
     return {"first_s": first, "median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
 
@@ -276,25 +278,33 @@ def measure_warm_rerun(cache: Path, sizes: list[int], file_kb: int) -> list[Row]
     return rows
 
 
-def measure_search(cache: Path, sizes: list[int]) -> list[Row]:
+def measure_search(cache: Path, sizes: list[int], dims: list[int]) -> list[Row]:
     rows = []
     reference, _ = reference_image(cache)
-    for n in sizes:
-        need = n * (DIM * 4 + 400) * 1.2 / 1e9
-        if not (cache / f"collection-{n}.complete").exists() and need > free_gb(cache) - 10:
-            rows.append({"N": n, "skipped": f"needs {need:.0f} GB, {free_gb(cache):.0f} GB free"})
-            continue
-        print(f"collection search at {n:,} vectors: making the store", file=sys.stderr)
-        store = collection_store(cache, n)
-        argv = ["client/rank.py", "--store", str(store), "--ref_image", str(reference), "--format",
-                "json", "--output", str(cache / "rank-out.json"), "--quiet"]  # fmt: skip
-        opens = [run_child(argv)[:2] for _ in range(3)]
-        hits = json.loads((cache / "rank-out.json").read_text())
-        _, loop_rss, loop = run_step("search", store=str(store), queries=50)
-        rows.append({"N": n, "seconds": statistics.median(o[0] for o in opens), "rss_mib": max(o[1] for o in opens),
-                     "query_ms": loop["median_ms"], "query_p90_ms": loop["p90_ms"], "rows_out": len(hits),
-                     "store_GB": store.stat().st_size / 1e9})  # fmt: skip
-        print(f"  {rows[-1]}", file=sys.stderr)
+    for dim in dims:
+        for n in sizes:
+            need = n * (dim * 4 + 400) * 1.2 / 1e9 + n * dim / 1e9
+            name = f"collection-{n}{'' if dim == DIM else f'-{dim}d'}"
+            if not (cache / f"{name}.complete").exists() and need > free_gb(cache) - 10:
+                rows.append({"N": n, "dim": dim, "skipped": f"needs {need:.0f} GB, {free_gb(cache):.0f} GB free"})
+                continue
+            print(f"collection search at {n:,} {dim}-d vectors: making the store", file=sys.stderr)
+            store = collection_store(cache, n, dim)
+            shutil.rmtree(store.with_name(store.name + "-vectors"), ignore_errors=True)  # derived: timed anew
+            argv = ["client/rank.py", "--store", str(store), "--ref_image", str(reference), "--format",
+                    "json", "--output", str(cache / "rank-out.json"), "--quiet"]  # fmt: skip
+            first = run_child(argv)[:2]  # writes the snapshot (from sqlite.SNAPSHOT_FROM rows)
+            opens = [run_child(argv)[:2] for _ in range(3)]
+            hits = json.loads((cache / "rank-out.json").read_text())
+            _, loop_rss, loop = run_step("search", store=str(store), queries=50, dim=dim)
+            snapshot = store.with_name(store.name + "-vectors")
+            rows.append({"N": n, "dim": dim, "seconds": statistics.median(o[0] for o in opens),
+                         "rss_mib": max(o[1] for o in opens), "first_s": first[0], "first_rss_mib": first[1],
+                         "query_ms": loop["median_ms"], "query_p90_ms": loop["p90_ms"], "rows_out": len(hits),
+                         "store_GB": store.stat().st_size / 1e9,
+                         "snapshot_GB": sum(f.stat().st_size for f in snapshot.rglob("*") if f.is_file()) / 1e9
+                         if snapshot.is_dir() else 0.0})  # fmt: skip
+            print(f"  {rows[-1]}", file=sys.stderr)
     return rows
 
 
@@ -314,7 +324,8 @@ def measure_grouping(sizes: list[int], exact_limit: int) -> list[Row]:
             print(f"grouping {n:,} vectors ({method})", file=sys.stderr)
             wall, rss, out = run_step("group", n=n, search=method)
             rows.append({"N": n, "method": method, "seconds": out["seconds"], "process_s": wall, "rss_mib": rss,
-                         "groups": out["groups"], "grouped": out["grouped"], "copies": out["copies"]})  # fmt: skip
+                         "groups": out["groups"], "grouped": out["grouped"], "copies": out["copies"],
+                         "rss_x_vectors": rss * 2**20 / (n * DIM * 4)})  # fmt: skip
             print(f"  {rows[-1]}", file=sys.stderr)
     return rows
 
@@ -325,7 +336,7 @@ def measure_pg_fill(sizes: list[int], row_size: int) -> list[Row]:
     rows = []
     plans = [(n, True) for n in sizes] + ([(row_size, False)] if row_size else [])
     for n, bulk in plans:
-        need = n * (DIM * 4 + DIM * 2 * 1.3 + 600) * 1.3 / 1e9
+        need = n * (DIM * 4 + DIM * 2 * 1.3 + 600) * 1.3 / 1e9 + min(16.0, n * DIM * 4 * 3 / 1e9)  # + WAL (max_wal_size)
         if need > free_gb(Path(os.environ.get("TMPDIR", "/tmp"))) - 10:
             rows.append({"N": n, "path": "bulk_load" if bulk else "put_many", "skipped": f"needs {need:.0f} GB"})
             continue
@@ -374,13 +385,13 @@ def report(results: dict[str, list[Row]], args: argparse.Namespace, command: str
     from devtools.machine import machine
 
     parts = [
-        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: `{command}`\n",
+        f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: `{command}`\n",
         f"Machine: {machine().describe()}. Cache: {args.cache} ({free_gb(args.cache):.0f} GB free after). "
         f"The whole run took {took / 60:.1f} min. Seconds are wall time of a fresh process unless the column "
         "says otherwise; RSS is that process's own peak (its VmHWM at exit), so each step's memory is its own.\n",
     ]
     if results.get("warm"):
-        parts += [f"### Warm rerun: `rank.py --images_folder LIB --recursive --store STORE` over a library whose "
+        parts += [f"#### Warm rerun: `rank.py --images_folder LIB --recursive --store STORE` over a library whose "
                   f"every file's vector is stored\n\nFiles of {args.file_kb} KiB (a small JPEG and random bytes). "
                   "Two runs in a row on a fresh copy of the store: the first reads every file (no file states "
                   "remembered yet), the second is the warm rerun.\n",
@@ -389,24 +400,30 @@ def report(results: dict[str, list[Row]], args: argparse.Namespace, command: str
                         ("first_rss_mib", "first run RSS MiB", ".0f"), ("first_said", "first run: rank.py says", "s"),
                         ("GB_read", "GB in files", ".1f"), ("GB_per_s", "first run GB/s", ".2f")]), ""]  # fmt: skip
     if results.get("search"):
-        parts += ["### Collection search: `rank.py --store STORE --ref_image REF --format json` in a fresh process\n\n"
-                  "The reference is stored, so no server is asked. Seconds: median of 3 runs, from process start to "
-                  "exit (interpreter, imports, opening the store, loading the vectors, search, output). Query ms: "
-                  "median of 50 searches once the store is open (the store API).\n",
-                  table(results["search"], [("seconds", "fresh process s", ".2f"), ("rss_mib", "peak RSS MiB", ".0f"),
-                        ("query_ms", "query ms", ".1f"), ("query_p90_ms", "p90 ms", ".1f"),
-                        ("store_GB", "store GB", ".2f")]), ""]  # fmt: skip
+        parts += ["#### Collection search: `rank.py --store STORE --ref_image REF --format json` in a fresh process\n\n"
+                  "The reference is stored, so no server is asked. Fresh process s: median of 3 runs, from process "
+                  "start to exit (interpreter, imports, opening the store and its snapshot, search, output). "
+                  "First run s: the run before those, which writes the snapshot (its folder is deleted first). "
+                  "Query ms: median of 50 searches once the store is open (the store API).\n",
+                  *[table([r for r in results["search"] if r.get("dim") == dim],
+                          [("dim", "dim", "d"), ("seconds", "fresh process s", ".2f"),
+                        ("rss_mib", "peak RSS MiB", ".0f"), ("query_ms", "query ms", ".1f"),
+                        ("query_p90_ms", "p90 ms", ".1f"), ("first_s", "first run s", ".1f"),
+                        ("first_rss_mib", "first run RSS MiB", ".0f"), ("store_GB", "store GB", ".2f"),
+                        ("snapshot_GB", "snapshot GB", ".2f")]) + "\n"
+                    for dim in dict.fromkeys(r.get("dim") for r in results["search"])], ""]  # fmt: skip
     if results.get("group"):
-        parts += [f"### Duplicate grouping: `client.duplicates.find_groups` over N vectors, {DUPLICATE_SHARE:.0%} "
+        parts += [f"#### Duplicate grouping: `client.duplicates.find_groups` over N vectors, {DUPLICATE_SHARE:.0%} "
                   "of them edited copies (cosine ~0.99)\n\nSeconds: the call alone; process s: with making the "
                   "vectors. Each copy joins one group of 2 (or more, when its original is a copy too).\n",
                   *[table([r for r in results["group"] if r.get("method", method) == method],
                           [("method", "method", "s"), ("seconds", "seconds", ".1f"), ("process_s", "process s", ".1f"),
-                           ("rss_mib", "peak RSS MiB", ".0f"), ("groups", "groups", "d"),
+                           ("rss_mib", "peak RSS MiB", ".0f"), ("rss_x_vectors", "RSS / vectors' bytes", ".2f"),
+                           ("groups", "groups", "d"),
                            ("grouped", "images grouped", "d")]) + "\n"
                     for method in dict.fromkeys(r.get("method", "exact") for r in results["group"])], ""]  # fmt: skip
     if results.get("pg"):
-        parts += ["### PostgreSQL fill: a fresh embedded PostgreSQL 18 + pgvector, HNSW index included\n\n"
+        parts += ["#### PostgreSQL fill: a fresh embedded PostgreSQL 18 + pgvector, HNSW index included\n\n"
                   "`bulk_load`: chunks of 10,000 in one transaction, the index built once after. `put_many x 1,000`: "
                   "the per-row index path (batches under the bulk threshold). RSS: the client; backend: the "
                   "PostgreSQL process serving it.\n",
@@ -428,6 +445,7 @@ def main() -> int:
     p.add_argument("--library-sizes", default="10000,100000")
     p.add_argument("--file-kb", type=int, default=256, help="size of each library file (default 256 KiB)")
     p.add_argument("--search-sizes", default="100000,1000000")
+    p.add_argument("--search-dims", default=f"{DIM},512", help="vector widths for the search step")
     p.add_argument("--group-sizes", default="10000,100000,1000000")
     p.add_argument("--exact-group-limit", type=int, default=100_000)
     p.add_argument("--pg-sizes", default="10000,100000,1000000")
@@ -451,7 +469,7 @@ def main() -> int:
     started = time.perf_counter()
     plan = {
         "warm": lambda: measure_warm_rerun(args.cache, sizes(args.library_sizes), args.file_kb),
-        "search": lambda: measure_search(args.cache, sizes(args.search_sizes)),
+        "search": lambda: measure_search(args.cache, sizes(args.search_sizes), sizes(args.search_dims)),
         "group": lambda: measure_grouping(sizes(args.group_sizes), args.exact_group_limit),
         "pg": lambda: measure_pg_fill(sizes(args.pg_sizes), args.pg_row_size),
     }
