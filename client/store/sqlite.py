@@ -475,10 +475,16 @@ class SQLiteStore(EmbeddingStore):
             return None
         try:
             self._write_snapshot(model)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, sqlite3.Error) as err:  # a full disk, a read-only store
             logger.warning("cannot write the vector snapshot under %s (%s); searching from RAM instead",
                            self._snapshot_root, err)  # fmt: skip
             self._snapshot_root = None
+            try:  # no snapshot, so no log to keep: writers would otherwise log every change for nothing
+                with self._write() as conn:
+                    conn.execute("DELETE FROM vector_snapshots WHERE model = ?", (model,))
+                    conn.execute("DELETE FROM vector_changes WHERE model = ?", (model,))
+            except sqlite3.Error:
+                pass  # a read-only store: it logs nothing new either
             return None
         return self._view(model, build=False)
 

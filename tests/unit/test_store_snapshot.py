@@ -226,5 +226,9 @@ def test_an_unwritable_snapshot_place_falls_back_to_ram_with_a_warning(tmp_path:
     with caplog.at_level(logging.WARNING), open_store(path) as store:
         store.put_many(MODEL, images(vectors))
         got = [s for s, _ in store.search(MODEL, vectors[7], 5)]
+        store.put_many(MODEL, images(vectors[:50] + 1))  # rewrites after the failed attempt
     assert got == exact_top(vectors, vectors[7], "cosine", 5)
     assert "cannot write the vector snapshot" in caplog.text and "searching from RAM" in caplog.text
+    with sqlite3.connect(path) as conn:  # no snapshot, so nothing is logged for one
+        assert conn.execute("SELECT COUNT(*) FROM vector_snapshots").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM vector_changes").fetchone()[0] == 0
