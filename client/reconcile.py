@@ -220,12 +220,18 @@ def apply(
         store.remember_file_states([plan.states[str(f.path)] for f in plan.changed if str(f.path) in plan.states])
     done.dropped += store.forget_paths(plan.deleted)
     files = plan.files
+    identity = None
     for i in range(0, len(files), CHUNK):
         chunk = files[i : i + CHUNK]
         embedded = embed_files(chunk, client, store, batch_size, progress=progress)
         done.sent += embedded.sent
         done.reused += embedded.reused
         done.failed += sum(f.sha256 in embedded.errors for f in chunk)
+        identity = embedded.identity or identity
+    if identity is None and client is not None and done.dropped:
+        identity = store.endpoint(client.url, client.model)
+    if identity is not None and (done.sent or done.dropped):
+        store.prepare_search(identity)  # a large store's snapshot is rewritten here, not in the next search
     return done
 
 

@@ -150,6 +150,10 @@ class EmbeddingStore(ABC):
     def not_duplicates(self) -> set[tuple[str, str]]:
         """Every pair marked by ``mark_not_duplicates``, each as (smaller sha256, larger sha256)."""
 
+    def prepare_search(self, identity: Mapping[str, Any]) -> None:
+        """Brings what speeds up ``search`` of this model up to date now, so the next search does not pay
+        for it (index.py calls it after a pass that wrote rows). Nothing to do by default."""
+
     @abstractmethod
     def close(self) -> None: ...
 

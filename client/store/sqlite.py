@@ -429,6 +429,11 @@ class SQLiteStore(EmbeddingStore):
             rows = matrix.candidates(query, metric, want, exclude)
             return [matrix.shas[r] for r in rows], matrix.vectors[rows]
 
+    def prepare_search(self, identity: Mapping[str, Any]) -> None:
+        with self._lock:
+            if self._snapshot_root is not None:
+                self._view(model_key(identity))  # writes the snapshot if the model needs one and has none current
+
     def _vectors(self, model: str, sha256s: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """The stored float32 vectors of those of ``sha256s`` that are stored."""
         shas: list[str] = []

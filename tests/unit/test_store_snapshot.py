@@ -232,3 +232,40 @@ def test_an_unwritable_snapshot_place_falls_back_to_ram_with_a_warning(tmp_path:
     with sqlite3.connect(path) as conn:  # no snapshot, so nothing is logged for one
         assert conn.execute("SELECT COUNT(*) FROM vector_snapshots").fetchone()[0] == 0
         assert conn.execute("SELECT COUNT(*) FROM vector_changes").fetchone()[0] == 0
+
+
+def test_prepare_search_writes_a_needed_snapshot_before_any_search(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "s.sqlite"
+    with open_store(path) as store:
+        store.put_many(MODEL, images(awkward_vectors(300)))
+        store.prepare_search(MODEL)
+        (first,) = snapshot_folders(path)
+        store.prepare_search(MODEL)  # current: nothing rewritten
+        assert snapshot_folders(path) == [first]
+        store.put_many(MODEL, images(awkward_vectors(2500, seed=9), start=300))
+        store.prepare_search(MODEL)
+        (second,) = snapshot_folders(path)
+    assert second != first
+
+    def no_full_read(*_: object) -> None:
+        raise AssertionError("read every row again")
+
+    monkeypatch.setattr(sqlite.SQLiteStore, "_blocks", no_full_read)
+    with open_store(path) as store:  # the search finds it ready
+        assert store.search(MODEL, awkward_vectors(300)[5], 1)[0][0] == sha(5)
+
+
+def test_index_prepares_the_search_after_a_pass_that_wrote_rows(tmp_path: Path, monkeypatch) -> None:
+    from client import reconcile
+    from client.embedding import Embedded
+    from client.reconcile import Plan
+    from client.scan import ImageFile
+
+    prepared = []
+    with open_store(tmp_path / "s.sqlite") as store:
+        monkeypatch.setattr(store, "prepare_search", lambda identity: prepared.append(identity))
+        for sent in (0, 3):
+            monkeypatch.setattr(reconcile, "embed_files", lambda *a, sent=sent, **k: Embedded(MODEL, sent=sent))
+            photo = ImageFile(tmp_path / "a.jpg", "a.jpg", sha(1), 5)
+            reconcile.apply(Plan(unchanged=[photo]), store, None, 32)  # type: ignore[arg-type]
+    assert prepared == [MODEL]  # only after the pass that sent something
