@@ -60,7 +60,9 @@ class Snapshot:
     sorted_shas: np.ndarray  # (n,) S64, sorted, for look-ups by sha
     sorted_rows: np.ndarray  # (n,) int64: the row of each sorted sha
     _kernel: Int8Kernel | None = field(default=None, repr=False)
-    _cache: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _cache: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False
+    )
     _widest: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)  # max of each bound part
 
     def __len__(self) -> int:
@@ -104,12 +106,13 @@ class Snapshot:
 
     def candidates(
         self, query: np.ndarray, metric: Metric, want: int, exclude: Collection[str],
-        changed: Collection[str], fetch: Fetch,
+        changed: Collection[str], fresh: tuple[list[str], np.ndarray], fetch: Fetch,
     ) -> tuple[list[str], np.ndarray]:  # fmt: skip
         """Every row that could be among the ``want`` best (exact), plus the rows in ``changed``.
 
         Rows in ``changed`` were written after this snapshot: their snapshot rows are ignored and
-        their current vectors (``fetch``) scored exactly. Nothing in ``exclude`` is returned.
+        ``fresh`` (the current vectors of those still stored) is scored exactly. Nothing in
+        ``exclude`` is returned; ``fetch`` gives the float32 vectors of snapshot rows.
         """
         raw, q, q_err, rel = self._scan(query)
         mult, add, per_q, per_err = self._factors(metric)
@@ -119,9 +122,10 @@ class Snapshot:
         keys[self.rows_of([*exclude, *changed])] = -np.inf
         rows = top_keys(keys, want)
         shas, vectors = _fetch_rows(self, rows, fetch)
-        fresh_shas, fresh = fetch([sha for sha in changed if sha not in exclude])
-        shas += fresh_shas
-        vectors = np.concatenate([vectors, fresh]) if len(fresh) else vectors
+        kept = [i for i, sha in enumerate(fresh[0]) if sha not in exclude]
+        if kept:
+            shas += [fresh[0][i] for i in kept]
+            vectors = np.concatenate([vectors, fresh[1][kept]])
         if len(shas) >= want:  # the want-th best exact key: only rows that could beat it matter
             exact = _exact_keys(metric, vectors, query)
             floor = np.partition(exact, len(exact) - want)[len(exact) - want]

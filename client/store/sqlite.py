@@ -193,7 +193,7 @@ class SQLiteStore(EmbeddingStore):
         self._data_version = -1
         # derived files beside the store, like SQLite's own -wal and -shm; None once unwritable
         self._snapshot_root: Path | None = path.with_name(path.name + "-vectors")
-        self._views: dict[str, tuple[int, Snapshot, frozenset[str]]] = {}  # model: (data_version, ...)
+        self._views: dict[str, tuple[int, _View]] = {}  # model: (data_version, what _view returned)
         try:
             self._prepare()
         except sqlite3.DatabaseError as err:
@@ -419,9 +419,10 @@ class SQLiteStore(EmbeddingStore):
         with self._lock:
             view = self._view(model) if metric.name in KEYED_METRICS and self._snapshot_root else None
             if view is not None:
-                found, changed = view
+                found, changed, fresh = view
                 _check_width(model, query, found.dim)
-                return found.candidates(query, metric, want, exclude, changed, lambda shas: self._vectors(model, shas))
+                return found.candidates(query, metric, want, exclude, changed, fresh,
+                                        lambda shas: self._vectors(model, shas))  # fmt: skip
             matrix = self._matrix(model)
             if matrix is None or not matrix.shas:
                 return [], np.empty((0, len(query)), dtype=np.float32)
@@ -448,8 +449,9 @@ class SQLiteStore(EmbeddingStore):
         dim = len(blobs[0]) // 4 if blobs else 0
         return shas, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(shas), dim).astype(np.float32)
 
-    def _view(self, model: str, build: bool = True) -> tuple[Snapshot, frozenset[str]] | None:
-        """The model's snapshot and the sha256s changed since it was taken; None: search from RAM.
+    def _view(self, model: str, build: bool = True) -> _View | None:
+        """The model's snapshot, the sha256s changed since it was taken and the current vectors of those
+        still stored (read once per change of the file, not per query); None: search from RAM.
 
         Taken from disk, or written now when the model has SNAPSHOT_FROM rows and no snapshot
         is usable (none, one older than the change log, or one behind by too many rows).
@@ -460,17 +462,17 @@ class SQLiteStore(EmbeddingStore):
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             cached = self._views.get(model)
             if cached is not None and cached[0] == version:
-                return cached[1], cached[2]
+                return cached[1]
             row = conn.execute("SELECT pruned_through FROM vector_snapshots WHERE model = ?", (model,)).fetchone()
-            found = cached[1] if cached is not None else None
+            found = cached[1][0] if cached is not None else None
             if row is not None and (found is None or found.seq < row[0]):
                 found = snapshot.open_newest(self._snapshot_root, model)  # type: ignore[arg-type]
             if row is not None and found is not None and found.seq >= row[0]:
                 changed = frozenset(sha for (sha,) in conn.execute(
                     "SELECT DISTINCT sha256 FROM vector_changes WHERE model = ? AND seq > ?", (model, found.seq)))  # fmt: skip
                 if len(changed) <= max(2000, len(found) // 50) or not build:
-                    self._views[model] = (version, found, changed)
-                    return found, changed
+                    self._views[model] = (version, (found, changed, self._vectors(model, sorted(changed))))
+                    return self._views[model][1]
             if not build:
                 return None
             rows = conn.execute("SELECT COUNT(*) FROM images WHERE model = ?", (model,)).fetchone()[0]
@@ -499,7 +501,9 @@ class SQLiteStore(EmbeddingStore):
         conn = self._conn
         conn.execute("BEGIN")  # the rows and the log position of one moment
         try:
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'vector_changes'").fetchone()[0]
+            seq = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'vector_changes'"
+            ).fetchone()[0]
             dim = conn.execute("SELECT embedding_dim FROM models WHERE model = ?", (model,)).fetchone()[0]
             rows = conn.execute("SELECT COUNT(*) FROM images WHERE model = ?", (model,)).fetchone()[0]
             logger.info("writing a snapshot of %d vectors of %s under %s", rows, model, self._snapshot_root)
@@ -507,7 +511,9 @@ class SQLiteStore(EmbeddingStore):
         finally:
             conn.execute("COMMIT")
         with self._write() as conn:  # changes up to seq are in the snapshot: stop keeping them
-            conn.execute("UPDATE vector_snapshots SET pruned_through = MAX(pruned_through, ?) WHERE model = ?", (seq, model))
+            conn.execute(
+                "UPDATE vector_snapshots SET pruned_through = MAX(pruned_through, ?) WHERE model = ?", (seq, model)
+            )
             conn.execute("DELETE FROM vector_changes WHERE model = ? AND seq <= ?", (model, seq))
 
     def _matrix(self, model: str) -> VectorMatrix | None:
@@ -550,13 +556,18 @@ class SQLiteStore(EmbeddingStore):
         # one's memory instead of page-faulting in fresh pages (seconds at a million rows).
         while batch := cursor.fetchmany(max(1, 2**23 // (4 * dim))):
             shas, blobs = zip(*batch, strict=True)
-            yield shas, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(shas), dim).astype(np.float32, copy=False)
+            block = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(shas), dim)
+            yield shas, block.astype(np.float32, copy=False)
 
     def close(self) -> None:
         with self._lock:
             self._matrices.clear()
             self._views.clear()
             self._conn.close()
+
+
+# A snapshot, the sha256s changed since, and the current (sha256s, vectors) of those still stored.
+_View = tuple[Snapshot, frozenset[str], tuple[list[str], np.ndarray]]
 
 
 def _check_width(model: str, query: np.ndarray, dim: int) -> None:

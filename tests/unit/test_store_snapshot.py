@@ -143,9 +143,13 @@ def test_a_crowd_closer_than_the_codes_can_tell_apart_is_still_ranked_exactly(tm
         assert_exact(store.search(MODEL, query, 10, metric), vectors, query, metric, set(), 10)
 
 
-def test_changes_after_the_snapshot_are_searched_without_rewriting_it(tmp_path: Path) -> None:
+def test_changes_after_the_snapshot_are_searched_without_rewriting_it(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "s.sqlite"
     vectors = awkward_vectors(1000)
+    reads: list[set[str]] = []
+    real = sqlite.SQLiteStore._vectors
+    monkeypatch.setattr(sqlite.SQLiteStore, "_vectors",
+                        lambda self, model, shas: reads.append(set(shas)) or real(self, model, shas))  # fmt: skip
     with open_store(path) as reader, open_store(path) as writer:
         writer.put_many(MODEL, images(vectors), paths={sha(i): f"/p/{i}.jpg" for i in range(1000)})
         reader.search(MODEL, vectors[0], 5)
@@ -161,6 +165,7 @@ def test_changes_after_the_snapshot_are_searched_without_rewriting_it(tmp_path: 
             want = exact_top(np.vstack([now, newcomer]), query, "dot", 6, {500})
             assert got == [sha(5000) if s == sha(1000) else s for s in want][:5]
         assert snapshot_folders(path) == before
+    assert sum(sha(5000) in shas for shas in reads) == 1  # changed rows read once, not once per query
     with sqlite3.connect(path) as conn:
         logged = {row[0] for row in conn.execute("SELECT sha256 FROM vector_changes")}
     assert logged == {sha(5000), sha(10), sha(500)}
