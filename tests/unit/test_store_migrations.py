@@ -33,6 +33,17 @@ def version_one_store(path: Path) -> None:
     conn.close()
 
 
+def store_at_version(path: Path, version: int) -> None:
+    """A store as the client of schema ``version`` left it: version one's rows, upgraded by the steps up to it."""
+    version_one_store(path)
+    with sqlite3.connect(path) as conn:
+        for step in sqlite.STEPS[1:version]:
+            if step.apply is not None:
+                step.apply(conn)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    conn.close()
+
+
 def stored_version(path: Path) -> str:
     with sqlite3.connect(path) as conn:
         (value,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -90,12 +101,8 @@ def test_a_failing_step_leaves_the_store_exactly_as_it_was(tmp_path: Path, monke
 
 def test_a_schema_3_store_gains_file_states_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "v3.sqlite"
-    version_one_store(path)
-    with sqlite3.connect(path) as conn:  # as the client of schema 3 left it
-        for step in sqlite.STEPS[1:3]:
-            if step.apply is not None:
-                step.apply(conn)
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store_at_version(path, 3)
+    with sqlite3.connect(path) as conn:
         assert "file_state" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
     state = {"path": "/photos/cat.jpg", "device": 2**64 - 1, "inode": 2**63, "size": 5, "mtime_ns": 10**18,
@@ -111,13 +118,7 @@ def test_a_schema_3_store_gains_file_states_and_keeps_its_rows(tmp_path: Path) -
 
 def test_a_schema_4_store_gains_the_change_log_that_keeps_its_snapshots_current(tmp_path: Path) -> None:
     path = tmp_path / "v4.sqlite"
-    version_one_store(path)
-    with sqlite3.connect(path) as conn:  # as the client of schema 4 left it
-        for step in sqlite.STEPS[1:4]:
-            if step.apply is not None:
-                step.apply(conn)
-        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-    conn.close()
+    store_at_version(path, 4)
     with open_store(path) as store:
         assert store.paths(IDENTITY) == {SHA: ["holiday/cat.jpg"]}
     assert stored_version(path) == "5"
