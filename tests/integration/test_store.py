@@ -6,10 +6,8 @@ Tests that need no database server are in tests/unit/test_store_sqlite.py.
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -18,6 +16,7 @@ from scipy.spatial.distance import cdist
 
 from client.store import SCHEMA_VERSION, StoreError, model_key, open_store, sqlite
 from client.torchserve_client import DEFAULT_URL
+from tests.support.databases import create_database, fresh_database
 from tests.support.store_rows import DIM, LITE, NEVER_STORED, RESNET, images, sha
 
 
@@ -33,13 +32,8 @@ def location(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
             monkeypatch.setattr(sqlite, "SNAPSHOT_FROM", 1)
         yield str(tmp_path / "store" / "embeddings.sqlite")
         return
-    server = request.getfixturevalue("pg_url")
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield urlsplit(server)._replace(path=f"/{name}").geturl()
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_database(request.getfixturevalue("pg_url"), "store") as url:
+        yield url
 
 
 def test_put_then_get_returns_exact_floats_and_predictions(location: str) -> None:
@@ -285,21 +279,11 @@ def test_postgres_top1_equals_exact_top1_on_random_data(pg_url: str) -> None:
     vectors = rng.standard_normal((3000, 64)).astype(np.float32)
     queries = rng.standard_normal((30, 64)).astype(np.float32)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    with open_store(urlsplit(pg_url)._replace(path=f"/{name}").geturl()) as store:
+    with fresh_database(pg_url, "store") as url, open_store(url) as store:
         store.put_many(identity, images(vectors))
         for query in queries:
             exact = int(np.argmax(unit @ query))
             assert store.search(identity, query, k=10)[0][0] == sha(exact)
-
-
-def fresh_database(pg_url: str) -> str:
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return urlsplit(pg_url)._replace(path=f"/{name}").geturl()
 
 
 def hnsw_indexes(url: str) -> list[str]:
@@ -313,7 +297,7 @@ def index_scans(url: str) -> int:
 
 
 def test_a_store_with_the_old_float32_index_gets_the_halfvec_one_on_open(pg_url: str) -> None:
-    url = fresh_database(pg_url)
+    url = create_database(pg_url, "store")
     vectors = np.random.default_rng(5).standard_normal((500, DIM)).astype(np.float32)
     with open_store(url) as store:
         store.put_many(RESNET, images(vectors))
@@ -335,7 +319,7 @@ def test_a_store_with_the_old_float32_index_gets_the_halfvec_one_on_open(pg_url:
 
 
 def test_vectors_wider_than_2000_dimensions_are_indexed_too(pg_url: str) -> None:
-    url = fresh_database(pg_url)
+    url = create_database(pg_url, "store")
     wide = {**RESNET, "architecture": "resnet50", "embedding_dim": 2048}
     with open_store(url) as store:
         store.put_many(wide, images(np.random.default_rng(7).standard_normal((50, 2048)).astype(np.float32)))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
@@ -12,6 +10,7 @@ import pytest
 
 from client.store import open_store
 from client.store import postgres as pg_store
+from tests.support.databases import fresh_database
 from tests.support.store_rows import DIM, RESNET, images, sha
 
 N = 600  # rows per test: enough for a walk to matter, quick to index
@@ -20,12 +19,8 @@ N = 600  # rows per test: enough for a walk to matter, quick to index
 @pytest.fixture
 def database(pg_url: str) -> Iterator[str]:
     """A URL of a fresh, empty database on the test server."""
-    name = f"bulk_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield urlsplit(pg_url)._replace(path=f"/{name}").geturl()
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_database(pg_url, "bulk") as url:
+        yield url
 
 
 @pytest.fixture
@@ -68,11 +63,7 @@ def test_a_large_batch_gives_the_same_rows_index_and_search_as_the_row_path(
     with open_store(database) as bulk:
         bulk_hits = [bulk.search(RESNET, q, 10) for q in queries]
     monkeypatch.setattr(pg_store, "_BULK_ROWS", 10**9)  # the row path: index kept current per row
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        name = f"rows_{uuid.uuid4().hex[:12]}"
-        admin.execute(f'CREATE DATABASE "{name}"')
-    by_rows = urlsplit(pg_url)._replace(path=f"/{name}").geturl()
-    try:
+    with fresh_database(pg_url, "rows") as by_rows:
         with open_store(by_rows) as rows:
             items = images(vectors)
             for i in range(0, N, 50):
@@ -80,9 +71,6 @@ def test_a_large_batch_gives_the_same_rows_index_and_search_as_the_row_path(
             row_hits = [rows.search(RESNET, q, 10) for q in queries]
         assert _rows(database) == _rows(by_rows)
         assert _hnsw_indexes(database) == _hnsw_indexes(by_rows) and len(_hnsw_indexes(database)) == 1
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     assert bulk_hits == row_hits
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     exact = [[sha(int(i)) for i in np.argsort(-(unit @ q))[:10]] for q in queries]
