@@ -89,14 +89,19 @@ def _write_frame(out: TextIO, frame: pd.DataFrame, fmt: str, table: str | None) 
                 out.write(("," if n else "") + records)
         out.write("\n]\n" if len(frame) else "]\n")
     elif fmt == "markdown":
-        out.write(frame.to_markdown(index=False) + "\n")
+        out.write(_blank_missing(frame).to_markdown(index=False) + "\n")
     elif table is not None:
         out.write(table)
     elif not len(frame):
         out.write("nothing found\n")
     else:
-        shown = frame.drop(columns=[c for c in ("sha256", "path", "match") if c in frame.columns])
+        shown = _blank_missing(frame.drop(columns=[c for c in ("sha256", "path", "match") if c in frame.columns]))
         out.write(tabulate(shown, headers="keys", tablefmt="simple", showindex=False, floatfmt=".3f") + "\n")
+
+
+def _blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as empty cells: tabulate cannot take pandas's NA (a failed file's rank) at all."""
+    return frame.astype(object).where(frame.notna(), "") if frame.isna().to_numpy().any() else frame
 
 
 def preload(*modules: str) -> threading.Thread:

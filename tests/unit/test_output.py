@@ -34,3 +34,13 @@ def test_without_output_the_table_goes_to_stdout(capsys) -> None:
     assert capsys.readouterr().out.splitlines() == ["rank,file,score,error", "1,IMG_00000.jpg,1.0,", "2,IMG_00001.jpg,0.5,"]
     options.write_frame(argparse.Namespace(format="table", output=None), frame(2), table="a grid\n")
     assert capsys.readouterr().out == "a grid\n"
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "table"])
+def test_tables_for_people_show_an_unranked_row_with_empty_cells(capsys, fmt: str) -> None:
+    """A failed file has no rank (pandas NA) and no score: tabulate itself raises on NA."""
+    table = frame(2).astype({"rank": "Int64"})
+    table.loc[1, ["rank", "score", "error"]] = [pd.NA, float("nan"), "decode_error: not an image"]
+    options.write_frame(argparse.Namespace(format=fmt, output=None), table)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "IMG_00001.jpg" in last and "decode_error: not an image" in last and "nan" not in last.lower()
