@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from client.metrics import Metric
+from client.metrics import Metric, score_in_slices
 
 
 @dataclass
@@ -73,9 +73,7 @@ class VectorMatrix:
         if metric.name in KEYED_METRICS:
             keys = similarity_keys(metric, live @ query, self.inv_norms[:n], self.sqnorms[:n])
         else:  # no matmul shortcut (manhattan): exact scores, in slices to bound memory
-            keys = -np.concatenate(
-                [metric.score(query, live[i : i + 65536]) for i in range(0, n, 65536)] or [np.empty(0)]
-            )
+            keys = -score_in_slices(metric, query, live)
         keys[[self.rows[sha] for sha in exclude if sha in self.rows]] = -np.inf
         return top_keys(keys, want)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from scipy.spatial import distance
 
-from client.metrics import METRICS, get_metric
+from client.metrics import METRICS, get_metric, score_in_slices
 
 RNG = np.random.default_rng(7)
 QUERY = RNG.normal(size=64).astype(np.float32)
@@ -46,3 +48,16 @@ def test_an_identical_vector_is_the_best_match_under_every_normalised_metric():
 def test_unknown_metric_names_the_choices():
     with pytest.raises(ValueError, match="cosine"):
         get_metric("hamming")
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_scores_in_slices_are_the_scores_and_memory_stays_a_slice(name):
+    """A metric copies the rows it scores; by slices, a large matrix is never copied whole (issue 12)."""
+    matrix = np.random.default_rng(3).normal(size=(40_000, 64)).astype(np.float32)  # 10 MB
+    metric = get_metric(name)
+    tracemalloc.start()
+    scores = score_in_slices(metric, QUERY, matrix)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.allclose(scores, metric.score(QUERY, matrix), rtol=1e-6, atol=1e-6)
+    assert peak < matrix.nbytes / 3, f"peak {peak / 2**20:.1f} MiB for a {matrix.nbytes / 2**20:.0f} MiB matrix"
