@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -105,10 +106,13 @@ def embed_files(
     if store and identity:
         shas = list(first_file)
         for start in range(0, len(shas), FETCH_CHUNK):
-            done.add(list(store.get_many(identity, shas[start : start + FETCH_CHUNK]).values()))
+            chunk = shas[start : start + FETCH_CHUNK]
+            found = store.get_many(identity, chunk)
+            # keyed by the files' own sha256 strings, not the store's copies: one string per content
+            done.add([{**found[sha], "sha256": sha} for sha in chunk if sha in found])
         done.reused = len(done)
         if done.reused == len(first_file):
-            store.remember_paths({f.sha256: str(f.path) for f in files})
+            store.remember_paths({f.sha256: f.path for f in files})
             return done
     by_name: dict[str, ImageFile] = {}
     for f in (first_file[sha] for sha in first_file if sha not in done):
@@ -116,7 +120,7 @@ def embed_files(
         by_name[f.name if f.name not in by_name else f"{f.name}@{f.sha256[:12]}"] = f
     missing = list(by_name)
     batches = [
-        [Upload(name, by_name[name].path) for name in missing[i : i + batch_size]]
+        [Upload(name, Path(by_name[name].path)) for name in missing[i : i + batch_size]]
         for i in range(0, len(missing), batch_size)
     ]
     bar = tqdm(total=len(missing), unit="img", desc="embedding", file=sys.stderr, disable=not progress)
@@ -139,7 +143,7 @@ def embed_files(
                     "predictions": result.body["predictions"],
                 }
                 new.append(item)
-                paths[f.sha256] = str(f.path)
+                paths[f.sha256] = f.path
             done.add(new)
             if store and new:  # one transaction per request: a killed run keeps every finished batch
                 store.put_many(done.identity, new, paths)
@@ -159,7 +163,7 @@ def embed_files(
         # the server's model changed under us: what came from the store belonged to the old one
         return embed_files(files, client, store, batch_size, progress)
     if store and done.identity:
-        store.remember_paths({f.sha256: str(f.path) for f in files if f.sha256 in done})
+        store.remember_paths({f.sha256: f.path for f in files if f.sha256 in done})
     return done
 
 

@@ -23,6 +23,7 @@ from client.scan import (
     STATE_BATCH,
     ImageFile,
     candidate_files,
+    name_in,
     sha256_of,
 )  # fmt: skip
 from client.settle import FileState
@@ -119,18 +120,17 @@ def plan_folder(
     if rehash:
         hashes.clear()
     elif store is not None:
-        for key, st in store.file_states(map(str, images)).items():
+        for key, st in store.file_states(images).items():
             hashes.setdefault(key, (FileState(st["size"], st["mtime_ns"], (st["device"], st["inode"])), st["sha256"]))
     plan = Plan()
     seen: set[str] = set()
     fresh: list[StoredFileState] = []
     quiet = not progress or len(images) < PROGRESS_FROM
     bar = tqdm(images, desc="hashing", unit="file", file=sys.stderr, disable=quiet)
-    for path in bar:
-        key = str(path)
+    for key in bar:
         if key in scope.ignored:
             continue
-        if _classify(path, scope, known, plan, hashes, settle=settle, now=now, fresh=fresh):
+        if _classify(key, scope, known, plan, hashes, settle=settle, now=now, fresh=fresh):
             seen.add(key)
         if store is not None and len(fresh) >= STATE_BATCH:
             store.remember_file_states(fresh)
@@ -150,7 +150,7 @@ def plan_paths(
     plan = Plan()
     vanished = list(gone)
     for key in ready:
-        if not _classify(Path(key), scope, known, plan, hashes, settle=0, now=0):
+        if not _classify(key, scope, known, plan, hashes, settle=0, now=0):
             vanished.append(key)
     deleted: dict[str, None] = {}
     for key in vanished:
@@ -162,14 +162,13 @@ def plan_paths(
 
 
 def _classify(
-    path: Path, scope: Scope, known: Mapping[str, str], plan: Plan, hashes: HashCache | None, *, settle: float,
+    key: str, scope: Scope, known: Mapping[str, str], plan: Plan, hashes: HashCache | None, *, settle: float,
     now: float, fresh: list[StoredFileState] | None = None,
 ) -> bool:  # fmt: skip
-    """Files ``path`` in ``plan``; False when nothing is there any more. A file hashed here goes into ``fresh``
+    """Files the file at ``key`` in ``plan``; False when nothing is there any more. A file hashed here goes into ``fresh``
     (file states to remember) unless its mtime is too close to ``now`` to be trusted next time."""
-    key = str(path)
     try:
-        before = path.stat()
+        before = os.stat(key)
         state = FileState.of(before)
         if settle and abs(now - before.st_mtime) < settle:
             plan.changing.append(key)
@@ -179,9 +178,9 @@ def _classify(
             sha = cached[1]
             plan.stat_only += 1
         else:
-            sha = sha256_of(path)
+            sha = sha256_of(key)
             plan.read += 1
-            if FileState.of(path.stat()) != state:  # written to while it was read: the hash is of neither version
+            if FileState.of(os.stat(key)) != state:  # written to while it was read: the hash is of neither version
                 plan.changing.append(key)
                 return True
             if hashes is not None:
@@ -196,7 +195,7 @@ def _classify(
         tqdm.write(f"warning: {key}: cannot read it ({exc.strerror or exc}); left as it was", file=sys.stderr)
         plan.unreadable.append(key)
         return True
-    image = ImageFile(path, path.relative_to(scope.root).as_posix(), sha, state.size)
+    image = ImageFile(key, name_in(key, scope.root), sha, state.size)
     old = known.get(key)
     (plan.new if old is None else plan.unchanged if old == sha else plan.changed).append(image)
     if old is not None and old != sha:
@@ -214,10 +213,10 @@ def apply(
     moved = set(plan.previous.values())
     _remember(store, [f for f in plan.new if f.sha256 in moved])
     if plan.changed:
-        done.dropped += store.forget_paths(str(f.path) for f in plan.changed)  # the old bytes at those paths
+        done.dropped += store.forget_paths(f.path for f in plan.changed)  # the old bytes at those paths
         _remember(store, [f for f in plan.changed if f.sha256 in moved])
         # forget_paths dropped their file states too: those of the new bytes stay
-        store.remember_file_states([plan.states[str(f.path)] for f in plan.changed if str(f.path) in plan.states])
+        store.remember_file_states([plan.states[f.path] for f in plan.changed if f.path in plan.states])
     done.dropped += store.forget_paths(plan.deleted)
     files = plan.files
     identity = None
@@ -238,6 +237,6 @@ def apply(
 def _remember(store: EmbeddingStore, files: list[ImageFile]) -> None:
     paths: dict[str, list[str]] = {}
     for f in files:
-        paths.setdefault(f.sha256, []).append(str(f.path))
+        paths.setdefault(f.sha256, []).append(f.path)
     if paths:
         store.remember_paths(paths)

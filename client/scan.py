@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from tqdm import tqdm
@@ -35,15 +34,15 @@ STATE_LOOKUP = 10_000  # file states looked up at a time
 PROGRESS_FROM = 1000  # files: fewer hash too fast to need a progress bar
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageFile:
-    path: Path
+    path: str  # as the folder walk gave it: a string, not a Path (a million Paths cost ~400 MB more)
     name: str  # path relative to the folder: unique in a run, sent as the tar member name
     sha256: str
     size: int
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -51,22 +50,41 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def candidate_files(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
-    """(image files, other files), sorted, hidden files and folders left out."""
-    pattern = folder.rglob("*") if recursive else folder.glob("*")
-    images, others = [], []
-    for path in sorted(pattern):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
-            continue
-        (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
+def candidate_files(folder: str | os.PathLike, recursive: bool) -> tuple[list[str], list[str]]:
+    """(image files, other files) below ``folder`` as path strings, hidden files and folders left out, in
+    the order of their parts: each folder's entries by name, a subfolder's files where its name sorts.
+    Symbolic links to files count; links to folders are not followed. A folder that cannot be read is
+    named in a warning and left out."""
+    images: list[str] = []
+    others: list[str] = []
+    _walk(os.fspath(folder), recursive, images, others)
     return images, others
 
 
-def describe(path: Path, folder: Path | None) -> ImageFile:
-    return ImageFile(path, _name(path, folder), sha256_of(path), path.stat().st_size)
+def _walk(folder: str, recursive: bool, images: list[str], others: list[str]) -> None:
+    try:
+        with os.scandir(folder) as found:
+            entries = sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        tqdm.write(f"warning: {folder}: cannot list it ({exc.strerror or exc}); its images are left out", file=sys.stderr)
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    _walk(entry.path, recursive, images, others)
+            elif entry.is_file():
+                (images if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES else others).append(entry.path)
+        except OSError:  # gone since it was listed
+            continue
 
 
-def scan(folder: Path, recursive: bool) -> Iterator[ImageFile]:
+def describe(path: str | os.PathLike, folder: str | os.PathLike | None) -> ImageFile:
+    path = os.fspath(path)
+    return ImageFile(path, name_in(path, folder), sha256_of(path), os.stat(path).st_size)
+
+
+def scan(folder: str | os.PathLike, recursive: bool) -> Iterator[ImageFile]:
     images, _ = candidate_files(folder, recursive)
     for path in images:
         yield describe(path, folder)
@@ -85,10 +103,10 @@ class Scanned:
 
 
 def scan_files(
-    paths: Sequence[Path], folder: Path | None, store: EmbeddingStore | None, *, rehash: bool = False,
+    paths: Sequence[str | os.PathLike], folder: str | os.PathLike | None, store: EmbeddingStore | None, *, rehash: bool = False,
     progress: bool = True, clock: Callable[[], float] = time.time,
 ) -> Scanned:  # fmt: skip
-    """``describe`` for each of ``paths`` (absolute), reading only files whose (device, inode, size, mtime_ns)
+    """``describe`` for each of ``paths`` (absolute path strings), reading only files whose (device, inode, size, mtime_ns)
     differ from the state ``store`` remembers (all of them with ``rehash`` or without a store).
     New states are remembered every STATE_BATCH files, so a killed scan keeps what it hashed."""
     done = Scanned()
@@ -97,20 +115,21 @@ def scan_files(
     bar = tqdm(paths, desc="hashing", unit="file", file=sys.stderr, disable=not progress or len(paths) < PROGRESS_FROM)
     for n, path in enumerate(bar):
         if n % STATE_LOOKUP == 0 and store is not None and not rehash:  # by slices: memory stays flat
-            known = store.file_states(map(str, paths[n : n + STATE_LOOKUP]))
-        before = path.stat()
-        state = known.get(str(path))
+            known = store.file_states(map(os.fspath, paths[n : n + STATE_LOOKUP]))
+        path = os.fspath(path)
+        before = os.stat(path)
+        state = known.get(path)
         if state is not None and _same(state, before):
             sha = state["sha256"]
             done.unchanged += 1
         else:
             sha = sha256_of(path)
             done.read += 1
-            after = path.stat()
+            after = os.stat(path)
             # written to while it was read, or within the mtime's granularity: read it again next time
             if store is not None and _same_stat(before, after) and clock() - after.st_mtime >= MTIME_GRANULARITY:
-                pending.append(_state_of(str(path), after, sha))
-        done.files.append(ImageFile(path, _name(path, folder), sha, before.st_size))
+                pending.append(_state_of(path, after, sha))
+        done.files.append(ImageFile(path, name_in(path, folder), sha, before.st_size))
         if store is not None and len(pending) >= STATE_BATCH:
             store.remember_file_states(pending)
             pending = []
@@ -119,8 +138,13 @@ def scan_files(
     return done
 
 
-def _name(path: Path, folder: Path | None) -> str:
-    return path.relative_to(folder).as_posix() if folder and path.is_relative_to(folder) else path.name
+def name_in(path: str, folder: str | os.PathLike | None) -> str:
+    """``path`` relative to ``folder`` when it is below it (both absolute or both relative), else its file name."""
+    if folder is not None:
+        base = os.fspath(folder).rstrip("/") + "/"
+        if path.startswith(base):
+            return path[len(base) :]
+    return os.path.basename(path)
 
 
 def _same(state: StoredFileState, st: os.stat_result) -> bool:

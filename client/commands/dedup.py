@@ -220,7 +220,7 @@ def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found
     for f in files:
         if f.sha256 in embedded:
             by_sha.setdefault(f.sha256, []).append(f)
-    contents = [Content(sha, [(f.name, str(f.path)) for f in group]) for sha, group in by_sha.items()]
+    contents = [Content(sha, [(f.name, f.path) for f in group]) for sha, group in by_sha.items()]
     vectors = embedded.matrix([c.sha256 for c in contents])
     note = (f"skipped {len(others)} (not images), failed {len(embedded.errors)}; "
             f"sent {embedded.sent} to the server, reused {embedded.reused} from the store")  # fmt: skip
@@ -229,16 +229,15 @@ def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found
     return contents, vectors, embedded.identity["architecture"], note
 
 
-def _outside_move_folders(folder: Path, images: list[Path], others: list[Path],
-                          dest: Path | None) -> tuple[list[Path], int]:  # fmt: skip
+def _outside_move_folders(folder: Path, images: list[str], others: list[str],
+                          dest: Path | None) -> tuple[list[str], int]:  # fmt: skip
     """The images outside every folder that duplicates were moved into (it holds a manifest, or is --move-to)."""
-    root = folder.resolve()
-    held = {root / p.parent.relative_to(folder) for p in others if p.name == MANIFEST_NAME}
+    held = {os.path.dirname(p) + "/" for p in others if os.path.basename(p) == MANIFEST_NAME}
     if dest is not None:
-        held.add(dest.resolve())
+        held.add(str(dest.resolve()).rstrip("/") + "/")
     if not held:
         return images, 0
-    kept = [p for p in images if not held.intersection((root / p.relative_to(folder)).parents)]
+    kept = [p for p in images if not any(p.startswith(h) for h in held)]
     return kept, len(images) - len(kept)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import signal
 import sys
@@ -294,7 +295,7 @@ class Watch:
             with self.stopper.abortable():
                 settled = self.settler.poll()
                 for folder in settled.folders:  # moved or copied in: look at what it holds
-                    for path in map(str, candidate_files(Path(folder), self.scope.recursive)[0]):
+                    for path in candidate_files(folder, self.scope.recursive)[0]:
                         if self.scope.wants(path, False) and path not in self.settler:
                             self.settler.mark(path)
                 now = time.monotonic()
@@ -314,15 +315,15 @@ class Watch:
                 applied = apply(plan, self.store, make_client(self.args), self.args.batch_size, progress=False)
             self._report(Tally.of(plan, applied))
             for f in plan.files:  # written to (or deleted) since it settled: look again
-                if _state(f.path) != settled.ready[str(f.path)]:
-                    self.settler.mark(str(f.path))
+                if _state(f.path) != settled.ready[f.path]:
+                    self.settler.mark(f.path)
         except (ServerError, OSError) as exc:
             self.backoff = min(max(self.backoff * 2, FIRST_BACKOFF), LAST_BACKOFF)
             waiting = len(self.settler) + (len(plan.files) if plan else 0)
             self._say(f"{exc}\n  {waiting} files wait; trying again in {self.backoff:g} s (the watch goes on)")
             if plan:
                 for f in plan.new + plan.changed:
-                    self.settler.mark(str(f.path))
+                    self.settler.mark(f.path)
             return False
         self.backoff = 0.0
         return True
@@ -359,8 +360,8 @@ class Watch:
         print(f"index.py: {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def _state(path: Path) -> FileState | None:
+def _state(path: str) -> FileState | None:
     try:
-        return FileState.of(path.stat())
+        return FileState.of(os.stat(path))
     except OSError:
         return None

@@ -89,7 +89,8 @@ def header(metric: Metric) -> str:
 def emit(frame: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> None:
     from tabulate import tabulate
 
-    top = frame[frame["rank"].notna()].head(args.top_k)
+    top = frame.head(args.top_k)  # the ranked rows come first
+    top = top[top["rank"].notna()]
     rows = [[r["rank"], r["file"], f"{r['score']:.4f}", r["label"], f"{r['probability']:.3f}",
              f"same bytes as {r['duplicate_of']}" if r["duplicate_of"] else ""] for _, r in top.iterrows()]  # fmt: skip
     grid = tabulate(rows, headers=["rank", "file", header(metric), "label", "prob", "note"], tablefmt="grid") + "\n"
@@ -99,7 +100,8 @@ def emit(frame: pd.DataFrame, args: argparse.Namespace, metric: Metric) -> None:
 def write_html(path: Path, reference: Path, ref_item: dict, frame: pd.DataFrame, metric: Metric, k: int) -> None:
     from client.commands import html_report as report
 
-    top = frame[frame["rank"].notna()].head(k)
+    top = frame.head(k)
+    top = top[top["rank"].notna()]
     ref_card = report.Card(reference, reference.name, [ref_item["predictions"][0]["label"]], reference=True)
     cards = [
         report.Card(Path(r["path"]), f"#{r['rank']} {r['file']}", [f"{metric.name} {r['score']:.4f}", r["labels"]])
@@ -137,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, metric: Metric, folder: Path | None, reference_path: Path, client, store) -> int:
     root = folder.resolve() if folder else None  # the store records resolved paths, as index.py does
     images, others = candidate_files(root, args.recursive) if root else ([], [])
-    ref = reference_path.resolve()
-    scanned = scan_files(images + ([] if ref in set(images) else [ref]), root, store, rehash=args.rehash,
+    ref = str(reference_path.resolve())
+    scanned = scan_files(images + ([] if ref in images else [ref]), root, store, rehash=args.rehash,
                          progress=not args.quiet)  # fmt: skip
     files = scanned.files[: len(images)]
     reference = next(f for f in scanned.files if f.path == ref)
@@ -148,7 +150,7 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
     embedded: Embedded = embed_files(
         files + [reference], client, store, args.batch_size, progress=not args.quiet
     )
-    from client.ranking import COLUMNS, rank_files, rank_stored
+    from client.ranking import rank_files, rank_stored
     if reference.sha256 not in embedded:
         error = embedded.errors.get(reference.sha256, {"code": "?", "message": "no result"})
         print(f"rank.py: the reference {reference_path} cannot be used: {error['message']}", file=sys.stderr)
@@ -165,7 +167,7 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
         frame = rank_files(files, reference, embedded, metric)
     top = ref_item["predictions"][0]
     print(f"reference: {reference_path}  ->  {top['label']} ({top['probability']:.3f})", file=sys.stderr)
-    emit(frame[COLUMNS], args, metric)
+    emit(frame, args, metric)
     if args.html:
         write_html(args.html, reference_path, ref_item, frame, metric, args.top_k)
     failed = int(frame["score"].isna().sum())

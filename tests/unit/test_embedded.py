@@ -56,3 +56,25 @@ def test_each_image_costs_its_vector_and_under_300_bytes_more() -> None:
     assert len(done) == n
     per_image = grown / n - DIM * 4
     assert 0 < per_image < 300, f"{per_image:.0f} bytes per image beyond its vector"
+
+
+def test_vectors_reused_from_the_store_are_keyed_by_the_files_own_sha256_strings(tmp_path) -> None:
+    """One string per content, not a second copy from the store (issue 12: ~110 bytes an image)."""
+    from types import SimpleNamespace
+
+    from client.embedding import embed_files
+    from client.scan import ImageFile
+    from client.store import open_store
+
+    identity = {"architecture": "efficientnet_lite0", "weights_sha256": "57" * 32, "embedding_dim": DIM,
+                "handler_version": "1.0.0"}  # fmt: skip
+    server = SimpleNamespace(url="http://127.0.0.1:8080", model="m")
+    items = stored(50)
+    files = [ImageFile(f"{tmp_path}/{i}.jpg", f"{i}.jpg", "".join(item["sha256"]), 1) for i, item in enumerate(items)]
+    with open_store(tmp_path / "s.sqlite") as store:
+        store.remember_endpoint(server.url, server.model, identity)
+        store.put_many(identity, items, {f.sha256: f.path for f in files})
+        done = embed_files(files, server, store, 8, progress=False)  # type: ignore[arg-type]
+    assert (done.reused, done.sent) == (50, 0)
+    assert all(done.vectors.shas[done.row(f.sha256)] is f.sha256 for f in files)
+    assert done.predictions(files[3].sha256) == items[3]["predictions"]

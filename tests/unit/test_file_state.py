@@ -32,7 +32,7 @@ def reads(monkeypatch) -> list[Path]:
     """Every file whose bytes the scan reads, in order."""
     read: list[Path] = []
     original = scan.sha256_of
-    monkeypatch.setattr(scan, "sha256_of", lambda p: read.append(p) or original(p))
+    monkeypatch.setattr(scan, "sha256_of", lambda p: read.append(Path(p)) or original(p))
     return read
 
 
@@ -121,7 +121,7 @@ def test_a_killed_scan_keeps_the_states_of_its_finished_batches(tmp_path: Path, 
     def killed_at_the_23rd(path: Path) -> str:
         if len(read) == 22:
             raise KeyboardInterrupt
-        read.append(path)
+        read.append(Path(path))
         return original(path)
 
     monkeypatch.setattr(scan, "sha256_of", killed_at_the_23rd)
@@ -129,7 +129,7 @@ def test_a_killed_scan_keeps_the_states_of_its_finished_batches(tmp_path: Path, 
         with pytest.raises(KeyboardInterrupt):
             scan_files(files, tmp_path, store, progress=False)
         assert len(store.file_states(map(str, files))) == 20  # two batches of 10 committed, the third lost
-        monkeypatch.setattr(scan, "sha256_of", lambda p: read.append(p) or original(p))
+        monkeypatch.setattr(scan, "sha256_of", lambda p: read.append(Path(p)) or original(p))
         read.clear()
         assert scan_files(files, tmp_path, store, progress=False).read == 5 and read == files[20:]
 
@@ -146,7 +146,7 @@ def test_an_index_pass_reads_only_what_changed_since_any_earlier_pass(tmp_path: 
     files = [aged(root / f"{i}.jpg", bytes([i]) * 10) for i in range(3)]
     scope = Scope.of(root, True, str(tmp_path / "s.sqlite"))
     read: list[Path] = []
-    monkeypatch.setattr(reconcile, "sha256_of", lambda p: read.append(p) or sha256_of(p))
+    monkeypatch.setattr(reconcile, "sha256_of", lambda p: read.append(Path(p)) or sha256_of(p))
     with open_store(tmp_path / "s.sqlite") as store:
         first = plan_folder(scope, {}, settle=5, now=time.time(), store=store)
         assert first.scan_line() == "3 files: 3 read, 0 unchanged (stat only)"

@@ -183,7 +183,7 @@ def test_a_rescan_reads_only_files_whose_stat_changed(tmp_path: Path, monkeypatc
     hashes: reconcile.HashCache = {}
     plan_folder(scope, {}, settle=5, now=time.time(), hashes=hashes)
     read: list[Path] = []
-    monkeypatch.setattr(reconcile, "sha256_of", lambda p: read.append(p) or sha256_of(p))
+    monkeypatch.setattr(reconcile, "sha256_of", lambda p: read.append(Path(p)) or sha256_of(p))
     aged(root / "1.jpg", b"rewritten")
     plan = plan_folder(scope, {}, settle=5, now=time.time(), hashes=hashes)
     assert read == [root / "1.jpg"] and len(plan.new) == 3

@@ -271,6 +271,6 @@ def test_index_prepares_the_search_after_a_pass_that_wrote_rows(tmp_path: Path, 
         monkeypatch.setattr(store, "prepare_search", lambda identity: prepared.append(identity))
         for sent in (0, 3):
             monkeypatch.setattr(reconcile, "embed_files", lambda *a, sent=sent, **k: Embedded(MODEL, sent=sent))
-            photo = ImageFile(tmp_path / "a.jpg", "a.jpg", sha(1), 5)
+            photo = ImageFile(str(tmp_path / "a.jpg"), "a.jpg", sha(1), 5)
             reconcile.apply(Plan(unchanged=[photo]), store, None, 32)  # type: ignore[arg-type]
     assert prepared == [MODEL]  # only after the pass that sent something
