@@ -97,8 +97,23 @@ def similarity_keys(metric: Metric, dots: np.ndarray, inv_norms: np.ndarray, sqn
     raise ValueError(f"metric {metric.name} has no key from a dot product")
 
 
+# top_keys first looks at every SAMPLE_STEP-th key when there are this many: a partial sort of a
+# million keys takes 3-5 ms, the sample and one comparison pass about 0.5 ms.
+SAMPLE_FROM = 65_536
+SAMPLE_STEP = 64
+
+
 def top_keys(keys: np.ndarray, want: int) -> np.ndarray:
-    """Rows of the ``want`` highest keys, leaving out -inf (rows ruled out)."""
+    """Rows of the ``want`` highest keys (in no order), leaving out -inf (rows ruled out)."""
+    if 0 < want and len(keys) >= SAMPLE_FROM and want * SAMPLE_STEP * 8 <= len(keys):
+        # the sample's want-th highest key has about want x SAMPLE_STEP keys at or above it: when at
+        # least ``want`` (all finite) are, the answer is among them
+        sample = keys[::SAMPLE_STEP]
+        floor = np.partition(sample, len(sample) - want)[len(sample) - want]
+        if floor > -np.inf:
+            above = np.flatnonzero(keys >= floor)
+            if len(above) >= want:
+                return above[np.argpartition(-keys[above], want - 1)[:want]]
     want = min(want, int(np.isfinite(keys).sum()))
     if want <= 0:
         return np.empty(0, dtype=np.int64)
