@@ -18,6 +18,10 @@ from client.torchserve_client import EmbeddingClient, ServerError, Upload
 
 # Store look-ups per round trip: their StoredImage objects live only until copied into the matrix.
 FETCH_CHUNK = 5000
+# Refusals that the bytes alone decide (handler/imgsim/decode.py): the store remembers them, so a
+# rerun does not send a damaged file again. A refusal that depends on the server's settings
+# (too_many_pixels, too_large) or a failed request is not remembered.
+REMEMBERED_CODES = frozenset({"empty", "corrupt_image", "unsupported_format"})
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Embedded:
     errors: dict[str, dict] = field(default_factory=dict)  # sha256 -> {"code", "message"}
     sent: int = 0
     reused: int = 0
+    remembered: int = 0  # contents the server refused in an earlier run: not sent again
     _classes: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.int32))  # (rows, k), -1: none
     _probabilities: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float64))
     _names: dict[int, str] = field(default_factory=dict)  # class index -> label
@@ -70,6 +75,11 @@ class Embedded:
                 self._classes[row, n], self._probabilities[row, n] = p["index"], p["probability"]
                 self._names.setdefault(p["index"], p["label"])
 
+    def said(self) -> str:
+        """What was sent and what was not, for the line a command ends with."""
+        remembered = f", {self.remembered} refused before (not sent again)" if self.remembered else ""
+        return f"sent {self.sent} to the server, reused {self.reused} from the store{remembered}"
+
     def row(self, sha256: str) -> int:
         return self.vectors.rows[sha256]  # type: ignore[union-attr]
 
@@ -95,9 +105,11 @@ class Embedded:
 
 def embed_files(
     files: Sequence[ImageFile], client: EmbeddingClient, store: EmbeddingStore | None, batch_size: int,
-    progress: bool = True,
+    progress: bool = True, retry_failed: bool = False,
 ) -> Embedded:  # fmt: skip
-    """Every distinct content in ``files`` ends up embedded or with an error, each embedded once."""
+    """Every distinct content in ``files`` ends up embedded or with an error, each embedded once. A content
+    the server refused before for what its bytes are (REMEMBERED_CODES) keeps that error and is not
+    sent, unless ``retry_failed``."""
     first_file: dict[str, ImageFile] = {}
     for f in files:
         first_file.setdefault(f.sha256, f)
@@ -111,11 +123,15 @@ def embed_files(
             # keyed by the files' own sha256 strings, not the store's copies: one string per content
             done.add([{**found[sha], "sha256": sha} for sha in chunk if sha in found])
         done.reused = len(done)
-        if done.reused == len(first_file):
-            store.remember_paths({f.sha256: f.path for f in files})
+        if not retry_failed:
+            done.errors.update(store.failures(identity, [sha for sha in first_file if sha not in done]))
+            done.remembered = len(done.errors)
+            _say_remembered(done, first_file)
+        if done.reused + done.remembered == len(first_file):
+            store.remember_paths({f.sha256: f.path for f in files if f.sha256 in done})
             return done
     by_name: dict[str, ImageFile] = {}
-    for f in (first_file[sha] for sha in first_file if sha not in done):
+    for f in (first_file[sha] for sha in first_file if sha not in done and sha not in done.errors):
         # a reference outside the folder may share its name with a folder file: keep the two apart
         by_name[f.name if f.name not in by_name else f"{f.name}@{f.sha256[:12]}"] = f
     missing = list(by_name)
@@ -125,6 +141,7 @@ def embed_files(
     ]
     bar = tqdm(total=len(missing), unit="img", desc="embedding", file=sys.stderr, disable=not progress)
     saved = 0
+    refused: dict[str, dict] = {}  # to remember once the model is known (it comes with the first vector)
     try:
         for results in client.embed_batches(batches):
             new: list[StoredImage] = []
@@ -133,6 +150,8 @@ def embed_files(
                 f = by_name[result.name]
                 if result.error:
                     done.errors[f.sha256] = result.error
+                    if result.error.get("code") in REMEMBERED_CODES:
+                        refused[f.sha256] = result.error
                     tqdm.write(f"warning: {f.path}: {result.error['code']}: {result.error['message']}", file=sys.stderr)
                     continue
                 if done.identity != result.body["model"]:
@@ -148,6 +167,9 @@ def embed_files(
             if store and new:  # one transaction per request: a killed run keeps every finished batch
                 store.put_many(done.identity, new, paths)
                 saved += len(new)
+            if store and refused and done.identity:
+                store.remember_failures(done.identity, refused)
+                refused = {}
             done.sent += len(results)
             bar.update(len(results))
     except ServerError as exc:
@@ -159,12 +181,21 @@ def embed_files(
         raise
     finally:
         bar.close()
-    if done.reused and done.identity != identity:
+    if (done.reused or done.remembered) and done.identity != identity:
         # the server's model changed under us: what came from the store belonged to the old one
-        return embed_files(files, client, store, batch_size, progress)
+        return embed_files(files, client, store, batch_size, progress, retry_failed)
     if store and done.identity:
         store.remember_paths({f.sha256: f.path for f in files if f.sha256 in done})
     return done
+
+
+def _say_remembered(done: Embedded, first_file: dict[str, ImageFile]) -> None:
+    if not done.remembered:
+        return
+    example = next(first_file[sha] for sha in done.errors)
+    error = done.errors[example.sha256]
+    tqdm.write(f"note: {done.remembered} files the server refused before are not sent again, such as {example.path} "
+               f"({error['code']}: {error['message']}); --retry-failed sends them", file=sys.stderr)  # fmt: skip
 
 
 def _remember_model(done: Embedded, identity: dict, store: EmbeddingStore | None, client: EmbeddingClient) -> None:

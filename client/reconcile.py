@@ -204,7 +204,8 @@ def _classify(
 
 
 def apply(
-    plan: Plan, store: EmbeddingStore, client: EmbeddingClient, batch_size: int, progress: bool = False
+    plan: Plan, store: EmbeddingStore, client: EmbeddingClient, batch_size: int, progress: bool = False,
+    retry_failed: bool = False,
 ) -> Applied:
     """Brings the store in line with ``plan``. What is gone is forgotten before anything is sent, so a server
     that is down delays only the new contents; a content that only moved (renamed, or renamed over another
@@ -222,7 +223,7 @@ def apply(
     identity = None
     for i in range(0, len(files), CHUNK):
         chunk = files[i : i + CHUNK]
-        embedded = embed_files(chunk, client, store, batch_size, progress=progress)
+        embedded = embed_files(chunk, client, store, batch_size, progress=progress, retry_failed=retry_failed)
         done.sent += embedded.sent
         done.reused += embedded.reused
         done.failed += sum(f.sha256 in embedded.errors for f in chunk)

@@ -212,7 +212,8 @@ def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found
         print(f"dedup.py: no images in {args.folder}" + ("" if args.recursive else " (subfolders left out)"),
               file=sys.stderr)  # fmt: skip
         return None
-    embedded = embed_files(files, make_client(args), store, args.batch_size, progress=not args.quiet)
+    embedded = embed_files(files, make_client(args), store, args.batch_size, progress=not args.quiet,
+                           retry_failed=args.retry_failed)  # fmt: skip
     if embedded.identity is None:
         print("dedup.py: no image could be embedded; see the warnings above", file=sys.stderr)
         return None
@@ -223,7 +224,7 @@ def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found
     contents = [Content(sha, [(f.name, f.path) for f in group]) for sha, group in by_sha.items()]
     vectors = embedded.matrix([c.sha256 for c in contents])
     note = (f"skipped {len(others)} (not images), failed {len(embedded.errors)}; "
-            f"sent {embedded.sent} to the server, reused {embedded.reused} from the store")  # fmt: skip
+            + embedded.said())  # fmt: skip
     if held:
         note += f"; left out {held} files in folders that duplicates were moved into"
     return contents, vectors, embedded.identity["architecture"], note

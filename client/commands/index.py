@@ -222,7 +222,8 @@ def one_pass(
             file=sys.stderr,
         )
         return None
-    applied = apply(plan, store, make_client(args), args.batch_size, progress=not args.quiet)
+    applied = apply(plan, store, make_client(args), args.batch_size, progress=not args.quiet,
+                    retry_failed=args.retry_failed)  # fmt: skip
     return Tally.of(plan, applied)
 
 
@@ -312,6 +313,7 @@ class Watch:
                 for path in gone:
                     del self.gone[path]
                 self._keep(plan)
+                # a watch sends a refused file again only when it changes (new bytes: a new sha256)
                 applied = apply(plan, self.store, make_client(self.args), self.args.batch_size, progress=False)
             self._report(Tally.of(plan, applied))
             for f in plan.files:  # written to (or deleted) since it settled: look again

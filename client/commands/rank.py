@@ -148,7 +148,7 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
         print(scanned.line(), file=sys.stderr)
     preload(*LATER)
     embedded: Embedded = embed_files(
-        files + [reference], client, store, args.batch_size, progress=not args.quiet
+        files + [reference], client, store, args.batch_size, progress=not args.quiet, retry_failed=args.retry_failed
     )
     from client.ranking import rank_files, rank_stored
     if reference.sha256 not in embedded:
@@ -173,7 +173,7 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
     failed = int(frame["score"].isna().sum())
     print(
         f"ranked {int(frame['score'].notna().sum())}, skipped {len(others)} (not images), failed {failed}; "
-        f"sent {embedded.sent} to the server, reused {embedded.reused} from the store",
+        + embedded.said(),
         file=sys.stderr,
     )
     return 0

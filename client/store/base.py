@@ -143,6 +143,15 @@ class EmbeddingStore(ABC):
         """Records ``states`` (one per path: the last one wins) in one transaction, replacing older ones."""
 
     @abstractmethod
+    def remember_failures(self, identity: Mapping[str, Any], failures: Mapping[str, Mapping[str, str]]) -> None:
+        """Records that the server refused each content (sha256 -> its error's ``code`` and ``message``) for
+        this model, replacing what an earlier refusal said."""
+
+    @abstractmethod
+    def failures(self, identity: Mapping[str, Any], sha256s: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The remembered refusals of those of ``sha256s`` that have one: sha256 -> {"code", "message"}."""
+
+    @abstractmethod
     def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Remembers that each pair of contents (sha256s) is not a duplicate, whatever the vectors say."""
 
@@ -280,6 +289,15 @@ def file_state_of(row: Sequence[Any]) -> StoredFileState:
     path, device, inode, size, mtime_ns, sha = row
     device, inode = (v + _U64 if v < 0 else v for v in (device, inode))
     return StoredFileState(path=path, device=device, inode=inode, size=size, mtime_ns=mtime_ns, sha256=sha)
+
+
+def failure_rows(model: str, failures: Mapping[str, Mapping[str, str]]) -> list[tuple[str, str, str, str]]:
+    """(model, sha256, code, message) per content, checked."""
+    rows = []
+    for sha, error in failures.items():
+        check_sha(sha)
+        rows.append((model, sha, str(error["code"]), str(error["message"])))
+    return rows
 
 
 def path_rows(paths: PathsBySha) -> list[tuple[str, str]]:

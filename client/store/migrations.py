@@ -18,7 +18,7 @@ from client.store.base import StoreError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 Conn = TypeVar("Conn")
 

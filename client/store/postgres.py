@@ -27,6 +27,7 @@ from client.store.base import (
     StoreError,
     check_identity_matches,
     check_put,
+    failure_rows,
     file_state_of,
     file_state_rows,
     folder_range,
@@ -172,6 +173,22 @@ def _file_state(conn: Any) -> None:
     conn.execute(_SCHEMA_V4)
 
 
+_SCHEMA_V6 = """
+CREATE TABLE IF NOT EXISTS imgsim.failures (
+    model     text NOT NULL,               -- model_key(identity): refused by the server serving it
+    sha256    text NOT NULL,
+    code      text NOT NULL,               -- the server's error, as it said it
+    message   text NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model, sha256)
+)
+"""
+
+
+def _failures(conn: Any) -> None:
+    conn.execute(_SCHEMA_V6)
+
+
 STEPS: list[Step[Any]] = [
     Step(1, "the first schema: models, one images_<id> table per model, paths by content, endpoints", _create_v1),
     Step(2, "the cosine HNSW index is over halfvec casts: faster walks, and up to 4,000-d vectors get one",
@@ -179,6 +196,7 @@ STEPS: list[Step[Any]] = [
     Step(3, "pairs a user said are not duplicates; paths looked up by folder (index.py)", _not_duplicates),
     Step(4, "each file's stat beside its sha256: an unchanged file is not read again", _file_state),
     Step(5, "SQLite logs changed rows for its vector snapshots; nothing changes in PostgreSQL", None),
+    Step(6, "contents the server refused, so a rerun does not send a damaged file again", _failures),
 ]  # fmt: skip
 
 
@@ -557,6 +575,30 @@ class PostgresStore(EmbeddingStore):
                 "sha256 = EXCLUDED.sha256, checked_at = now()",
                 rows,
             )
+
+    def remember_failures(self, identity: Mapping[str, Any], failures: Mapping[str, Mapping[str, str]]) -> None:
+        rows = failure_rows(model_key(identity), failures)
+        if not rows:
+            return
+        with self._lock, self._conn.transaction(), self._conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO imgsim.failures (model, sha256, code, message) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (model, sha256) DO UPDATE SET code = EXCLUDED.code, message = EXCLUDED.message, "
+                "failed_at = now()",
+                rows,
+            )
+
+    def failures(self, identity: Mapping[str, Any], sha256s: Iterable[str]) -> dict[str, dict[str, str]]:
+        model, wanted = model_key(identity), list(dict.fromkeys(sha256s))
+        found: dict[str, dict[str, str]] = {}
+        with self._lock:
+            for i in range(0, len(wanted), 10000):
+                rows = self._conn.execute(
+                    "SELECT sha256, code, message FROM imgsim.failures WHERE model = %s AND sha256 = ANY(%s)",
+                    (model, wanted[i : i + 10000]),
+                )
+                found.update((sha, {"code": code, "message": message}) for sha, code, message in rows)
+        return found
 
     def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
         rows = pair_rows(pairs)

@@ -31,6 +31,7 @@ from client.store.base import (
     StoreError,
     check_identity_matches,
     check_put,
+    failure_rows,
     file_state_of,
     file_state_rows,
     folder_range,
@@ -116,6 +117,17 @@ CREATE TABLE IF NOT EXISTS file_state (
 );
 """
 
+_SCHEMA_V6 = f"""
+CREATE TABLE IF NOT EXISTS failures (
+    model     TEXT NOT NULL,               -- model_key(identity): refused by the server serving it
+    sha256    TEXT NOT NULL,
+    code      TEXT NOT NULL,               -- the server's error, as it said it
+    message   TEXT NOT NULL,
+    failed_at TEXT NOT NULL DEFAULT {_NOW},
+    PRIMARY KEY (model, sha256)
+);
+"""
+
 
 # Which rows changed after a model's snapshot (client.store.snapshot) was taken: logged by
 # triggers, so every writer logs, and only for models that have a snapshot.
@@ -162,6 +174,7 @@ STEPS: list[Step[sqlite3.Connection]] = [
     Step(4, "each file's stat beside its sha256: an unchanged file is not read again", _run_script(_SCHEMA_V4)),
     Step(5, "a log of changed rows, so a memory-mapped snapshot of a model's vectors stays usable",
          _run_statements(_SCHEMA_V5)),
+    Step(6, "contents the server refused, so a rerun does not send a damaged file again", _run_script(_SCHEMA_V6)),
 ]
 
 # Each batch of ids fits SQLite's smallest historical limit on bound parameters.
@@ -403,6 +416,28 @@ class SQLiteStore(EmbeddingStore):
                 f"size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, checked_at = {_NOW}",
                 rows,
             )
+
+    def remember_failures(self, identity: Mapping[str, Any], failures: Mapping[str, Mapping[str, str]]) -> None:
+        rows = failure_rows(model_key(identity), failures)
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO failures (model, sha256, code, message) VALUES (?, ?, ?, ?) ON CONFLICT (model, sha256) "
+                f"DO UPDATE SET code = excluded.code, message = excluded.message, failed_at = {_NOW}",
+                rows,
+            )
+
+    def failures(self, identity: Mapping[str, Any], sha256s: Iterable[str]) -> dict[str, dict[str, str]]:
+        model = model_key(identity)
+        found: dict[str, dict[str, str]] = {}
+        with self._lock:
+            for chunk, marks in _in_chunks(list(dict.fromkeys(sha256s))):
+                rows = self._conn.execute(
+                    f"SELECT sha256, code, message FROM failures WHERE model = ? AND sha256 IN ({marks})", (model, *chunk)
+                )
+                found.update((sha, {"code": code, "message": message}) for sha, code, message in rows)
+        return found
 
     def mark_not_duplicates(self, pairs: Iterable[tuple[str, str]]) -> None:
         rows = pair_rows(pairs)

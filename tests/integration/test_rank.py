@@ -109,6 +109,23 @@ def test_csv_carries_every_row_including_failures_and_skips_non_images(server, t
     assert "ranked 14, skipped 1 (not images), failed 1" in result.stderr
 
 
+def test_a_damaged_file_is_sent_once_and_reported_failed_on_every_run(server, tmp_path):
+    folder = distinct_copies(tmp_path / "p", 4)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    ranking = tmp_path / "ranking.json"
+    args = ["--images_folder", str(folder), "--ref_image", str(IMAGES / "cat.png"), "--format", "json", "--output",
+            str(ranking)]  # fmt: skip
+    first = run_client("rank", *args, server=server)
+    assert first.returncode == 0 and "sent 6 to the server" in first.stderr, first.stderr
+    again = run_client("rank", *args, server=server)
+    assert "sent 0 to the server, reused 5 from the store, 1 refused before (not sent again)" in again.stderr
+    assert "such as " + str((folder / "broken.jpg").resolve()) in again.stderr
+    broken = json_frame(ranking.read_text()).set_index("file").loc["broken.jpg"]
+    assert broken["error"].split(":")[0] in ("corrupt_image", "unsupported_format") and pd.isna(broken["rank"])
+    retried = run_client("rank", *args, "--retry-failed", server=server)
+    assert "sent 1 to the server, reused 5 from the store" in retried.stderr, retried.stderr
+
+
 def test_html_report_renders_every_thumbnail_in_chromium(server, tmp_path):
     page = tmp_path / "report.html"
     result = run_client("rank", "--store", str(tmp_path / "s.sqlite"), "--images_folder", "images", "--html", str(page),

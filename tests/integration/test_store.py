@@ -134,22 +134,53 @@ def test_forgetting_paths_forgets_their_file_states(location: str) -> None:
         assert set(store.file_states(["/p/a.jpg", "/p/b.jpg", "/q/c.jpg"])) == {"/p/b.jpg"}
 
 
+def as_schema_left_it(location: str, version: int, *later_tables: str) -> None:
+    """Makes the store at ``location`` what the client of schema ``version`` left: without the tables of later steps."""
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location, autocommit=True) as conn:
+            for table in later_tables:
+                conn.execute(f"DROP TABLE imgsim.{table}")
+            conn.execute("UPDATE imgsim.meta SET value = %s WHERE key = 'schema_version'", (str(version),))
+    else:
+        with sqlite3.connect(location) as conn:
+            for table in later_tables:
+                conn.execute(f"DROP TABLE {table}")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        conn.close()
+
+
 def test_a_schema_3_store_is_upgraded_to_remember_file_states(location: str) -> None:
     with open_store(location) as store:
         store.put_many(RESNET, images(np.ones((1, DIM))), paths={sha(0): "/p/a.jpg"})
-    if location.startswith("postgresql://"):
-        with psycopg.connect(location, autocommit=True) as conn:  # as the client of schema 3 left it
-            conn.execute("DROP TABLE imgsim.file_state")
-            conn.execute("UPDATE imgsim.meta SET value = '3' WHERE key = 'schema_version'")
-    else:
-        with sqlite3.connect(location) as conn:
-            conn.execute("DROP TABLE file_state")
-            conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        conn.close()
+    as_schema_left_it(location, 3, "file_state", "failures")
     with open_store(location) as store:
         assert store.known_paths("/p") == {"/p/a.jpg": sha(0)} and store.count(RESNET) == 1
         store.remember_file_states([file_state("/p/a.jpg", 0)])
         assert store.file_states(["/p/a.jpg"]) == {"/p/a.jpg": file_state("/p/a.jpg", 0)}
+
+
+def test_refusals_are_remembered_per_model_and_the_latest_wins(location: str) -> None:
+    damaged = {"code": "corrupt_image", "message": "the JPEG data is damaged or truncated"}
+    with open_store(location) as store:
+        assert store.failures(RESNET, [sha(1)]) == {}
+        store.remember_failures(RESNET, {sha(1): damaged, sha(2): {"code": "empty", "message": "0 bytes"}})
+        store.remember_failures(RESNET, {sha(2): {"code": "unsupported_format", "message": "not an image"}})
+        with pytest.raises(ValueError):
+            store.remember_failures(RESNET, {"not a sha": damaged})
+    with open_store(location) as store:  # it outlives the process that was refused
+        assert store.failures(RESNET, [sha(1), sha(2), sha(3)]) == {
+            sha(1): damaged, sha(2): {"code": "unsupported_format", "message": "not an image"}}  # fmt: skip
+        assert store.failures(LITE, [sha(1), sha(2)]) == {}  # another model may read it
+
+
+def test_a_schema_5_store_is_upgraded_to_remember_refusals(location: str) -> None:
+    with open_store(location) as store:
+        store.put_many(RESNET, images(np.ones((1, DIM))), paths={sha(0): "/p/a.jpg"})
+    as_schema_left_it(location, 5, "failures")
+    with open_store(location) as store:
+        assert store.known_paths("/p") == {"/p/a.jpg": sha(0)} and store.failures(RESNET, [sha(1)]) == {}
+        store.remember_failures(RESNET, {sha(1): {"code": "empty", "message": "0 bytes"}})
+        assert store.failures(RESNET, [sha(1)]) == {sha(1): {"code": "empty", "message": "0 bytes"}}
 
 
 def test_pairs_marked_not_duplicates_are_remembered_once_whichever_way_round(location: str) -> None:

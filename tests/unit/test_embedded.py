@@ -78,3 +78,49 @@ def test_vectors_reused_from_the_store_are_keyed_by_the_files_own_sha256_strings
     assert (done.reused, done.sent) == (50, 0)
     assert all(done.vectors.shas[done.row(f.sha256)] is f.sha256 for f in files)
     assert done.predictions(files[3].sha256) == items[3]["predictions"]
+
+
+class RefusingServer:
+    """Embeds every upload but those named in ``refuse`` (name -> error code); records what was sent."""
+
+    url, model = "http://127.0.0.1:8080", "m"
+    identity = {"architecture": "efficientnet_lite0", "weights_sha256": "57" * 32, "embedding_dim": DIM,
+                "handler_version": "1.0.0"}  # fmt: skip
+
+    def __init__(self, refuse: dict[str, str]) -> None:
+        self.refuse, self.sent = refuse, []
+
+    def embed_batches(self, batches):
+        from client.torchserve_client import Result
+
+        for batch in batches:
+            self.sent += [upload.name for upload in batch]
+            yield [Result(u.name, {"error": {"code": self.refuse[u.name], "message": f"{u.name} refused"}})
+                   if u.name in self.refuse else
+                   Result(u.name, {"embedding": [0.5] * DIM, "model": self.identity,
+                                   "predictions": [{"index": 1, "label": "goldfish", "probability": 0.9}]})
+                   for u in batch]  # fmt: skip
+
+
+def test_a_file_refused_for_its_bytes_is_not_sent_again_until_asked(tmp_path, capsys) -> None:
+    from client.embedding import embed_files
+    from client.scan import ImageFile
+    from client.store import open_store
+
+    files = [ImageFile(f"{tmp_path}/{name}", name, f"{i:064x}", 1)
+             for i, name in enumerate(["ok.jpg", "damaged.jpg", "huge.jpg", "notes.jpg"])]  # fmt: skip
+    server = RefusingServer({"damaged.jpg": "corrupt_image", "huge.jpg": "too_many_pixels",
+                             "notes.jpg": "unsupported_format"})  # fmt: skip
+    with open_store(tmp_path / "s.sqlite") as store:
+        first = embed_files(files, server, store, 2, progress=False)  # type: ignore[arg-type]
+        assert server.sent == ["ok.jpg", "damaged.jpg", "huge.jpg", "notes.jpg"] and len(first.errors) == 3
+        server.sent = []
+        again = embed_files(files, server, store, 2, progress=False)  # type: ignore[arg-type]
+        # a limit of the server's settings is asked again; what the bytes decide is not
+        assert server.sent == ["huge.jpg"] and (again.reused, again.remembered, again.sent) == (1, 2, 1)
+        assert again.errors[files[1].sha256] == {"code": "corrupt_image", "message": "damaged.jpg refused"}
+        assert "note: 2 files the server refused before are not sent again" in capsys.readouterr().err
+        assert again.said() == "sent 1 to the server, reused 1 from the store, 2 refused before (not sent again)"
+        server.sent = []
+        embed_files(files, server, store, 2, progress=False, retry_failed=True)  # type: ignore[arg-type]
+        assert sorted(server.sent) == ["damaged.jpg", "huge.jpg", "notes.jpg"]

@@ -111,7 +111,7 @@ def test_a_schema_3_store_gains_file_states_and_keeps_its_rows(tmp_path: Path) -
         assert store.paths(IDENTITY) == {SHA: ["holiday/cat.jpg"]}
         assert store.file_states(["/photos/cat.jpg"]) == {}
         store.remember_file_states([state])
-    assert stored_version(path) == str(SCHEMA_VERSION) == "5"
+    assert stored_version(path) == str(SCHEMA_VERSION) == "6"
     with open_store(path) as store:  # unsigned 64-bit device and inode numbers come back as they went in
         assert store.file_states(["/photos/cat.jpg", "/photos/other.jpg"]) == {"/photos/cat.jpg": state}
 
@@ -121,7 +121,7 @@ def test_a_schema_4_store_gains_the_change_log_that_keeps_its_snapshots_current(
     store_at_version(path, 4)
     with open_store(path) as store:
         assert store.paths(IDENTITY) == {SHA: ["holiday/cat.jpg"]}
-    assert stored_version(path) == "5"
+    assert stored_version(path) == "6"
     with sqlite3.connect(path) as conn:
         triggers = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         assert triggers == {"images_added", "images_changed", "images_removed"}
