@@ -28,9 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from client.duplicates.plan import Step
-from client.scan import sha256_of
+from client.scan import MANIFEST_NAME, sha256_of
 
-MANIFEST_NAME = "imgsim-moves.csv"
 TRASH_RECORD_NAME = ".imgsim-trashed.csv"  # in the folder: hidden, so a scan leaves it out
 COLUMNS = [
     "run", "time", "action", "status", "original_path", "new_path", "sha256", "size", "group", "tier",

@@ -29,6 +29,9 @@ IMAGE_SUFFIXES = frozenset({
 # A file whose mtime is this close to the scan (or ahead of it) may be written again within the same
 # mtime tick (FAT: 2 s) without its stat changing: its state is not remembered, so the next run reads it.
 MTIME_GRANULARITY = 2.0  # seconds
+# The manifest dedup.py writes first into a folder it moves duplicates to (client.moves): a folder
+# holding one is left out of later scans, so the moved copies are not found again.
+MANIFEST_NAME = "imgsim-moves.csv"
 STATE_BATCH = 500  # file states per store transaction: a killed scan keeps all but the last batch
 STATE_LOOKUP = 10_000  # file states looked up at a time
 PROGRESS_FROM = 1000  # files: fewer hash too fast to need a progress bar
@@ -77,6 +80,23 @@ def _walk(folder: str, recursive: bool, images: list[str], others: list[str]) ->
                 (images if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES else others).append(entry.path)
         except OSError:  # gone since it was listed
             continue
+
+
+def outside_move_folders(images: list[str], others: list[str], dest: str | os.PathLike | None = None
+                         ) -> tuple[list[str], int]:  # fmt: skip
+    """``images`` (from ``candidate_files``) outside every folder that duplicates were moved into (its
+    ``others`` hold a manifest, or it is ``dest``), and how many were left out."""
+    held = {os.path.dirname(p) + "/" for p in others if os.path.basename(p) == MANIFEST_NAME}
+    if dest is not None:
+        held.add(os.path.realpath(dest).rstrip("/") + "/")
+    if not held:
+        return images, 0
+    kept = [p for p in images if not any(p.startswith(h) for h in held)]
+    return kept, len(images) - len(kept)
+
+
+def held_note(held: int) -> str:
+    return f"; left out {held} files in folders that duplicates were moved into" if held else ""
 
 
 def describe(path: str | os.PathLike, folder: str | os.PathLike | None) -> ImageFile:

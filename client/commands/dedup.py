@@ -34,7 +34,7 @@ from client.duplicates.ann import ANN_FROM, SEARCHES
 from client.duplicates.plan import DEFAULT_KEEP, KEEP_RULES
 from client.embedding import embed_files
 from client.moves import MANIFEST_NAME
-from client.scan import ImageFile, candidate_files, scan_files
+from client.scan import ImageFile, candidate_files, held_note, outside_move_folders, scan_files
 from client.store import EmbeddingStore, StoreError, open_store
 from client.torchserve_client import ServerError
 
@@ -204,7 +204,7 @@ Found = tuple[list[Content], np.ndarray, str, str]  # contents, their vectors, a
 
 def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found | None:
     images, others = candidate_files(args.folder, args.recursive)  # args.folder is resolved (main)
-    images, held = _outside_move_folders(args.folder, images, others, args.move_to)
+    images, held = outside_move_folders(images, others, args.move_to)
     scanned = scan_files(images, args.folder, store, rehash=args.rehash, progress=not args.quiet)
     files = scanned.files
     print(scanned.line(), file=sys.stderr)
@@ -224,22 +224,8 @@ def from_folder(args: argparse.Namespace, store: EmbeddingStore | None) -> Found
     contents = [Content(sha, [(f.name, f.path) for f in group]) for sha, group in by_sha.items()]
     vectors = embedded.matrix([c.sha256 for c in contents])
     note = (f"skipped {len(others)} (not images), failed {len(embedded.errors)}; "
-            + embedded.said())  # fmt: skip
-    if held:
-        note += f"; left out {held} files in folders that duplicates were moved into"
+            + embedded.said() + held_note(held))  # fmt: skip
     return contents, vectors, embedded.identity["architecture"], note
-
-
-def _outside_move_folders(folder: Path, images: list[str], others: list[str],
-                          dest: Path | None) -> tuple[list[str], int]:  # fmt: skip
-    """The images outside every folder that duplicates were moved into (it holds a manifest, or is --move-to)."""
-    held = {os.path.dirname(p) + "/" for p in others if os.path.basename(p) == MANIFEST_NAME}
-    if dest is not None:
-        held.add(str(dest.resolve()).rstrip("/") + "/")
-    if not held:
-        return images, 0
-    kept = [p for p in images if not any(p.startswith(h) for h in held)]
-    return kept, len(images) - len(kept)
 
 
 def from_store(args: argparse.Namespace, store: EmbeddingStore) -> Found | None:

@@ -22,7 +22,7 @@ from client.commands.options import (
 )  # fmt: skip
 from client.embedding import Embedded, embed_files
 from client.metrics import METRICS, Metric, get_metric
-from client.scan import candidate_files, scan_files
+from client.scan import candidate_files, held_note, outside_move_folders, scan_files
 from client.store import StoreError, open_store
 from client.torchserve_client import ServerError
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, metric: Metric, folder: Path | None, reference_path: Path, client, store) -> int:
     root = folder.resolve() if folder else None  # the store records resolved paths, as index.py does
     images, others = candidate_files(root, args.recursive) if root else ([], [])
+    images, held = outside_move_folders(images, others)  # duplicates dedup.py moved aside are not ranked
     ref = str(reference_path.resolve())
     scanned = scan_files(images + ([] if ref in images else [ref]), root, store, rehash=args.rehash,
                          progress=not args.quiet)  # fmt: skip
@@ -173,7 +174,7 @@ def run(args, metric: Metric, folder: Path | None, reference_path: Path, client,
     failed = int(frame["score"].isna().sum())
     print(
         f"ranked {int(frame['score'].notna().sum())}, skipped {len(others)} (not images), failed {failed}; "
-        + embedded.said(),
+        + embedded.said() + held_note(held),
         file=sys.stderr,
     )
     return 0

@@ -130,6 +130,10 @@ def test_a_move_folder_inside_the_folder_is_left_out_of_later_scans(server, phot
     assert (json_frame(moved)["status"] == "moved").sum() == 5
     later = dedup(server, photos, store, "--format", "json")
     assert len(json_frame(later)) == 0 and "left out 5 files in folders that duplicates were moved into" in later.stderr
+    ranked = run_client("rank", "--images_folder", str(photos), "--recursive", "--ref_image", "cat.png", "--store",
+                        str(store), "--format", "json", server=server)  # fmt: skip
+    assert "left out 5 files in folders that duplicates were moved into" in ranked.stderr
+    assert len(json_frame(ranked)) == len(tree(photos)) - 5 - 1  # neither the moved copies nor the reference
     assert run_client("dedup", "--undo", str(dest), server=server).returncode == 0
     assert tree(photos) == before  # every photo is back; the manifest stays in duplicates/ as the record
 
