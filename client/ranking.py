@@ -47,8 +47,8 @@ def rank_files(
     rows = [ok[i] for i in ranked] + failed
     scored = len(ranked) + len(unscored)
     probability = np.full(len(rows), np.nan)
-    # the text columns as one object block that pandas keeps as it is (a dict of lists would be copied twice)
-    # (columns, rows), C-ordered: pandas's block is its transpose, and to_json crashes on a block that is not C-ordered
+    # the text columns as one object block, laid out (columns, rows) as pandas keeps a block, so the frame
+    # holds this array itself (a dict of lists would be converted, then copied into a block)
     text = np.full((len(TEXT_COLUMNS), len(rows)), None, dtype=object)
     text[TEXT_COLUMNS.index("file")] = [f.name for f in rows]
     for n, f in enumerate(rows[:scored]):

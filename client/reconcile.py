@@ -165,7 +165,8 @@ def _classify(
     key: str, scope: Scope, known: Mapping[str, str], plan: Plan, hashes: HashCache | None, *, settle: float,
     now: float, fresh: list[StoredFileState] | None = None,
 ) -> bool:  # fmt: skip
-    """Files the file at ``key`` in ``plan``; False when nothing is there any more. A file hashed here goes into ``fresh``
+    """Files the file at ``key`` in ``plan``; False when nothing is there any more. A file hashed here goes
+    into ``fresh``
     (file states to remember) unless its mtime is too close to ``now`` to be trusted next time."""
     try:
         before = os.stat(key)

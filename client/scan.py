@@ -69,7 +69,8 @@ def _walk(folder: str, recursive: bool, images: list[str], others: list[str]) ->
         with os.scandir(folder) as found:
             entries = sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as exc:
-        tqdm.write(f"warning: {folder}: cannot list it ({exc.strerror or exc}); its images are left out", file=sys.stderr)
+        reason = exc.strerror or exc
+        tqdm.write(f"warning: {folder}: cannot list it ({reason}); its images are left out", file=sys.stderr)
         return
     for entry in entries:
         try:
@@ -123,10 +124,10 @@ class Scanned:
 
 
 def scan_files(
-    paths: Sequence[str | os.PathLike], folder: str | os.PathLike | None, store: EmbeddingStore | None, *, rehash: bool = False,
-    progress: bool = True, clock: Callable[[], float] = time.time,
+    paths: Sequence[str | os.PathLike], folder: str | os.PathLike | None, store: EmbeddingStore | None, *,
+    rehash: bool = False, progress: bool = True, clock: Callable[[], float] = time.time,
 ) -> Scanned:  # fmt: skip
-    """``describe`` for each of ``paths`` (absolute path strings), reading only files whose (device, inode, size, mtime_ns)
+    """``describe`` for each of ``paths`` (absolute), reading only files whose (device, inode, size, mtime_ns)
     differ from the state ``store`` remembers (all of them with ``rehash`` or without a store).
     New states are remembered every STATE_BATCH files, so a killed scan keeps what it hashed."""
     done = Scanned()

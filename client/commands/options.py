@@ -36,8 +36,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rehash", action="store_true",
                    help="read every file, even those whose size and mtime the store says are unchanged")  # fmt: skip
     p.add_argument("--retry-failed", action="store_true",
-                   help="send again the files the server refused before as damaged or not an image (after a "
-                   "server upgrade that reads more formats, say); they are remembered and skipped otherwise")  # fmt: skip
+                   help="send again the files the server refused before as damaged or not an image (after "
+                   "a server upgrade that reads more formats, say); they are remembered and skipped otherwise")
     p.add_argument("--format", default="table", choices=FORMATS)
     p.add_argument("--output", type=Path, help="write the results here instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -434,7 +434,8 @@ class SQLiteStore(EmbeddingStore):
         with self._lock:
             for chunk, marks in _in_chunks(list(dict.fromkeys(sha256s))):
                 rows = self._conn.execute(
-                    f"SELECT sha256, code, message FROM failures WHERE model = ? AND sha256 IN ({marks})", (model, *chunk)
+                    f"SELECT sha256, code, message FROM failures WHERE model = ? AND sha256 IN ({marks})",
+                    (model, *chunk),
                 )
                 found.update((sha, {"code": code, "message": message}) for sha, code, message in rows)
         return found

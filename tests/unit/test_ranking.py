@@ -70,8 +70,8 @@ def test_each_ranked_file_costs_a_few_hundred_bytes(tmp_path: Path, with_failure
     """The ranking frame of a folder: no per-file dicts, no intermediate frames (issue 12, bounded memory)."""
     n = 20_000
     done = embedded(np.random.default_rng(1).standard_normal((n, DIM)).astype(np.float32))
-    files = [ImageFile(os.path.join(str(tmp_path), f"{i // 1000:04d}", f"IMG_{i:07d}.jpg"), f"{i // 1000:04d}/IMG_{i:07d}.jpg",
-                       sha(i), 10) for i in range(n)]  # fmt: skip
+    names = [f"{i // 1000:04d}/IMG_{i:07d}.jpg" for i in range(n)]
+    files = [ImageFile(os.path.join(str(tmp_path), name), name, sha(i), 10) for i, name in enumerate(names)]
     if with_failures:
         done.errors.update({sha(n + i): {"code": "decode_error", "message": "not an image"} for i in range(100)})
         files += [ImageFile(f"{tmp_path}/bad{i}.jpg", f"bad{i}.jpg", sha(n + i), 10) for i in range(100)]

@@ -27,7 +27,8 @@ def test_the_walk_lists_images_and_others_in_the_order_of_their_parts(folder: Pa
     images, others = candidate_files(folder, recursive=True)
     assert all(isinstance(p, str) for p in images + others)
     # what sorted(Path) gave before: a folder's files where its name sorts ("a/..." before "a-b.png")
-    visible = [p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)]
+    visible = [p for p in folder.rglob("*")
+               if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)]  # fmt: skip
     expected = [str(p) for p in sorted(visible)]
     assert images == [p for p in expected if p in images] and others == [p for p in expected if p in others]
     assert sorted(images + others) == sorted(expected)
