@@ -55,8 +55,8 @@ class Embedded:
             return
         matrix = np.stack([np.asarray(item["embedding"], dtype=np.float32) for item in items])
         if self.vectors is None or self.vectors.dim != matrix.shape[1]:  # (a new width: the server changed model)
-            self.vectors, self._classes, self._probabilities = VectorMatrix(dim=matrix.shape[1]), self._classes[:0], self._probabilities[:0]
-            self._names = {}
+            self.vectors = VectorMatrix(dim=matrix.shape[1])
+            self._classes, self._probabilities, self._names = self._classes[:0], self._probabilities[:0], {}
         self.vectors.reserve(max(self._expected, len(self) + len(items)))
         self.vectors.upsert([item["sha256"] for item in items], matrix)
         k = max(self._classes.shape[1], *(len(item["predictions"]) for item in items))
@@ -120,8 +120,10 @@ def embed_files(
         for start in range(0, len(shas), FETCH_CHUNK):
             chunk = shas[start : start + FETCH_CHUNK]
             found = store.get_many(identity, chunk)
-            # keyed by the files' own sha256 strings, not the store's copies: one string per content
-            done.add([{**found[sha], "sha256": sha} for sha in chunk if sha in found])
+            for sha in chunk:  # keyed by the files' own sha256 strings, not the store's copies: one per content
+                if sha in found:
+                    found[sha]["sha256"] = sha
+            done.add(list(found.values()))
         done.reused = len(done)
         if not retry_failed:
             done.errors.update(store.failures(identity, [sha for sha in first_file if sha not in done]))

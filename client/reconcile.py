@@ -166,8 +166,7 @@ def _classify(
     now: float, fresh: list[StoredFileState] | None = None,
 ) -> bool:  # fmt: skip
     """Files the file at ``key`` in ``plan``; False when nothing is there any more. A file hashed here goes
-    into ``fresh``
-    (file states to remember) unless its mtime is too close to ``now`` to be trusted next time."""
+    into ``fresh`` (file states to remember) unless its mtime is too close to ``now`` to be trusted next time."""
     try:
         before = os.stat(key)
         state = FileState.of(before)

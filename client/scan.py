@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -103,12 +103,6 @@ def held_note(held: int) -> str:
 def describe(path: str | os.PathLike, folder: str | os.PathLike | None) -> ImageFile:
     path = os.fspath(path)
     return ImageFile(path, name_in(path, folder), sha256_of(path), os.stat(path).st_size)
-
-
-def scan(folder: str | os.PathLike, recursive: bool) -> Iterator[ImageFile]:
-    images, _ = candidate_files(folder, recursive)
-    for path in images:
-        yield describe(path, folder)
 
 
 @dataclass
